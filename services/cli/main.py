@@ -1,0 +1,231 @@
+"""The operators' command-line tool: `journeys`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+
+from services.cli.output import print_outcome, print_status, status_payload
+from shared import clock
+from shared.config import get_settings
+from shared.db import migrate as apply_migrations
+from shared.errors import JourneyError
+
+app = typer.Typer(
+    help="Define, check, put live and watch customer journeys.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+contacts_app = typer.Typer(help="Manage contacts.", no_args_is_help=True)
+app.add_typer(contacts_app, name="contacts")
+console = Console()
+errors = Console(stderr=True)
+
+Paths = Annotated[list[Path], typer.Argument(help="Definition files or folders (YAML or JSON).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _setup_logging(level: int = logging.WARNING) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _connect() -> psycopg.Connection:
+    url = get_settings().database_url
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as error:
+        errors.print(f"[red]cannot connect to PostgreSQL[/red] at JOURNEYS_DATABASE_URL: {error}")
+        raise typer.Exit(2) from error
+    apply_migrations(url)
+    return conn
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of definition files, for editors."""
+    from shared.definitions import document_adapter
+
+    console.print_json(json.dumps(document_adapter.json_schema(by_alias=True)))
+
+
+@app.command(name="check")
+def check_command(paths: Paths, as_json: AsJson = False) -> None:
+    """Check for errors: report every problem at once; exit 1 when there is any error."""
+    from shared.golive import check_paths
+
+    conn = _try_connect()
+    try:
+        outcome, _ = check_paths(paths, conn, for_go_live=False, now=clock.now())
+    finally:
+        if conn is not None:
+            conn.close()
+    print_outcome(console, outcome, as_json=as_json, checked_database=conn is not None)
+    if outcome.errors:
+        raise typer.Exit(1)
+
+
+def _try_connect() -> psycopg.Connection | None:
+    """Connect for a check when the database answers; a check also works offline."""
+    try:
+        conn = psycopg.connect(get_settings().database_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        return None
+    apply_migrations(get_settings().database_url)
+    return conn
+
+
+@app.command(name="go-live")
+def go_live_command(paths: Paths, as_json: AsJson = False) -> None:
+    """Publish the definitions and put their journeys live, if the check finds no error."""
+    from shared.golive import go_live_paths
+
+    with _connect() as conn:
+        outcome = go_live_paths(conn, paths, clock.now())
+    print_outcome(console, outcome, as_json=as_json, checked_database=True)
+    if outcome.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stop(name: str) -> None:
+    """Stop a live journey now: every contact still inside it stops where it is."""
+    from shared.store import end_journey, journey_row
+
+    with _connect() as conn, conn.transaction():
+        journey = _journey_or_exit(conn, name, journey_row)
+        if journey["status"] != "live":
+            console.print(f"journey {name!r} is already {journey['status']}")
+            return
+        stopped = end_journey(conn, journey["id"], "stopped", "journey_stopped", clock.now())
+    console.print(f"journey {name!r} stopped; {stopped} contacts were still inside it")
+
+
+@app.command()
+def withdraw(kind: Annotated[str, typer.Argument(help="email, segment or content-settings")], name: str) -> None:
+    """Take a published email, segment or content settings back to draft."""
+    with _connect() as conn:
+        changed = conn.execute(
+            "UPDATE definitions SET status = 'draft', revision = revision + 1,"
+            " body = jsonb_set(body, '{status}', '\"draft\"'), updated_at = now()"
+            " WHERE kind = %s AND name = %s AND status = 'live'",
+            (kind, name),
+        ).rowcount
+    if not changed:
+        errors.print(f"{kind} {name!r} not found or not published")
+        raise typer.Exit(1)
+    console.print(f"{kind} {name!r} withdrawn; tiles that use it now fail instead of sending")
+
+
+@app.command()
+def status(name: str, as_json: AsJson = False) -> None:
+    """Show per tile how many contacts entered, are in progress, completed, stopped or failed."""
+    from shared.store import journey_row, tile_counts
+
+    with _connect() as conn:
+        journey = _journey_or_exit(conn, name, journey_row)
+        tiles = tile_counts(conn, journey["id"])
+    payload = status_payload(journey, tiles, clock.now())
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print_status(console, payload)
+
+
+def _journey_or_exit(conn, name, journey_row):  # type: ignore[no-untyped-def]
+    try:
+        return journey_row(conn, name)
+    except JourneyError as error:
+        errors.print(str(error))
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database schema migrations that are not applied yet."""
+    applied = apply_migrations(get_settings().database_url)
+    console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema is up to date'}")
+
+
+@contacts_app.command(name="import")
+def import_command(file: Path) -> None:
+    """Import contacts from a CSV file with a header row; re-importing updates them."""
+    from services.cli.output import import_with_progress
+
+    with _connect() as conn:
+        report = import_with_progress(console, conn, file)
+    if report is None:
+        raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(ctx: typer.Context) -> None:
+    """Run the tile actors as Dramatiq worker processes; extra options go to `dramatiq`
+    (for example -p 2 -t 8)."""
+    settings = get_settings()
+    apply_migrations(settings.database_url)
+    folder = Path(settings.metrics_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ.update(
+        dramatiq_prom_db=str(folder),
+        dramatiq_prom_port=str(settings.metrics_port),
+        PROMETHEUS_MULTIPROC_DIR=str(folder),
+    )
+    command = [sys.executable, "-m", "dramatiq", "services.tiles.actors", *ctx.args]
+    os.execv(sys.executable, command)
+
+
+@app.command()
+def coordinator() -> None:
+    """Run the coordinator: journey windows, segment feeding, outbox recovery, /metrics."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from services.coordinator.loop import run_forever
+    from services.coordinator.metrics import JourneyCollector
+    from services.tiles import actors  # noqa: F401  (the actors must exist to be sent to)
+
+    _setup_logging(logging.INFO)
+    settings = get_settings()
+    apply_migrations(settings.database_url)
+    REGISTRY.register(JourneyCollector())
+    start_http_server(settings.coordinator_metrics_port)
+    stop_event = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_event.set())
+    run_forever(stop_event, settings)
+
+
+@app.command()
+def run(
+    paths: Paths,
+    contacts: Annotated[Path, typer.Option("--contacts", help="CSV file of contacts to import first.")],
+    outbox: Annotated[Path, typer.Option("--outbox", help="Folder that receives every sent email as an .eml file.")],
+    data: Annotated[Path, typer.Option(help="Folder of the embedded PostgreSQL's data.")] = Path(".journeys/pgdata"),
+    threads: Annotated[int, typer.Option(help="Worker threads.")] = 8,
+) -> None:
+    """Run everything in one process: embedded PostgreSQL, in-process broker and
+    a loopback SMTP server that writes each email to --outbox."""
+    from services.embedded.run import run_embedded
+
+    _setup_logging()
+    code = run_embedded(console, paths, contacts_file=contacts, outbox=outbox, data_dir=data, threads=threads)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The audience tile: the entry of every contact that the coordinator feeds in."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from services.tiles.common import (
+    ContactMessage,
+    claim_steps,
+    hand_on,
+    journey_gate,
+    load_plan,
+    parse_message,
+    publish_outbox,
+    stop_contacts,
+)
+from shared import clock
+from shared.broker import configure_broker
+from shared.config import get_settings
+from shared.db import get_pool
+from shared.errors import PermanentError
+from shared.metrics import count_outcome
+
+logger = logging.getLogger(__name__)
+configure_broker()
+
+
+def run_audience(message: ContactMessage) -> None:
+    """Complete the audience step of each contact and send it to the first tile."""
+    now = clock.now()
+    with get_pool().connection() as conn:
+        with conn.transaction():
+            plan = load_plan(conn, message.journey_id, message.version)
+            gate = journey_gate(conn, message.journey_id, now)
+            if gate is not None:
+                stopped = stop_contacts(conn, message.journey_id, message.tile, message.contacts, gate, now)
+                claimed: list[int] = []
+            else:
+                stopped = []
+                claimed = claim_steps(conn, message, now)
+                outbox = hand_on(conn, plan, message.tile, claimed, now)
+        if claimed:
+            publish_outbox(conn, outbox)
+    count_outcome(plan.name, message.tile, "completed", len(claimed))
+    count_outcome(plan.name, message.tile, "stopped", len(stopped))
+    logger.debug(
+        "journey %s audience: %d entered, %d stopped, %d already done",
+        plan.name, len(claimed), len(stopped), len(message.contacts) - len(claimed) - len(stopped),
+    )
+
+
+@dramatiq.actor(
+    actor_name="audience_tile",
+    queue_name="tile.audience",
+    throws=(PermanentError,),
+    time_limit=get_settings().actor_time_limit_seconds * 1000,
+)
+def audience_tile(payload: dict) -> None:
+    run_audience(parse_message(payload))

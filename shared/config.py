@@ -1,0 +1,94 @@
+"""Settings read from the environment, each variable prefixed with JOURNEYS_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SmtpTarget(BaseModel):
+    """Where and how the email tile connects to its SMTP relay."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    ssl: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOURNEYS_", env_file=".env", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    broker_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/%2F",
+        description="amqp:// URL of RabbitMQ, or stub:// for the in-process broker",
+    )
+    smtp_url: str = Field(
+        default="smtp://127.0.0.1:1025",
+        description="smtp://[user:password@]host:port[?starttls=true]; smtps:// for TLS",
+    )
+    secret_key: SecretStr = SecretStr("change-me-in-production")
+    metrics_port: int = Field(default=9191, description="worker metrics port")
+    coordinator_metrics_port: int = 9192
+    metrics_dir: str = Field(
+        default="/tmp/journeys-metrics",
+        description="folder shared by the worker processes for prometheus-client",
+    )
+    db_pool_size: int = Field(default=10, ge=1)
+    tick_seconds: float = Field(default=1.0, gt=0)
+    feed_page_size: int = Field(default=1000, ge=1)
+    contacts_per_message: int = Field(default=50, ge=1, le=1000)
+    outbox_retry_seconds: float = Field(default=30.0, gt=0)
+    feed_overlap_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="how far back each feeding pass looks again for contacts "
+        "whose update committed late",
+    )
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_max_retries: int = Field(default=8, ge=0)
+    actor_time_limit_seconds: int = Field(default=300, gt=0)
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url_is_valid(cls, value: str) -> str:
+        parse_smtp_url(value)
+        return value
+
+    def smtp_target(self) -> SmtpTarget:
+        return parse_smtp_url(self.smtp_url)
+
+    @property
+    def uses_stub_broker(self) -> bool:
+        return self.broker_url.startswith("stub:")
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """Parse smtp://user:password@host:port?starttls=true into its parts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(
+            f"invalid SMTP URL {url!r}: the scheme must be smtp:// or smtps://, "
+            "for example smtp://127.0.0.1:1025"
+        )
+    if not parts.hostname:
+        raise ValueError(f"invalid SMTP URL {url!r}: the host is missing")
+    query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
+    return SmtpTarget(
+        host=parts.hostname,
+        port=parts.port or (465 if parts.scheme == "smtps" else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        starttls=query.get("starttls", "false").lower() in ("1", "true", "yes"),
+        ssl=parts.scheme == "smtps",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

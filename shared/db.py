@@ -1,0 +1,87 @@
+"""Connection pool and schema migrations for PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from importlib import resources
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from shared.config import get_settings
+
+logger = logging.getLogger(__name__)
+
+# Any constant works; it only has to differ from the other advisory locks.
+_MIGRATION_LOCK = 7_100_001
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> ConnectionPool:
+    """Return this process's pool, opening it on first use.
+
+    Connections are in autocommit mode: callers open transactions explicitly
+    with `conn.transaction()`, so nothing stays open between steps.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            settings = get_settings()
+            _pool = ConnectionPool(
+                settings.database_url,
+                min_size=1,
+                max_size=settings.db_pool_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name="journeys",
+            )
+            _pool.open(wait=True, timeout=30)
+        return _pool
+
+
+def close_pool() -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.close()
+            _pool = None
+
+
+def migrate(conninfo: str | None = None) -> list[str]:
+    """Apply the SQL files under shared/migrations that are not applied yet.
+
+    Each file runs in its own transaction under an advisory lock, so several
+    processes starting at once apply each file exactly once.
+    """
+    applied: list[str] = []
+    with psycopg.connect(conninfo or get_settings().database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            for name, sql in _migration_files():
+                if name in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+                logger.info("applied migration %s", name)
+                applied.append(name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied
+
+
+def _migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("shared") / "migrations"
+    files = sorted(
+        (entry.name, entry.read_text("utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+    return files

@@ -1,0 +1,188 @@
+"""Reading definition files (YAML or JSON, several documents per file) into
+validated models, with every problem tied to its file, line and tile."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from shared.definitions import DOCUMENT_KINDS, TILE_TYPES, document_adapter
+
+DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a definition, placed like a designer marks a tile."""
+
+    where: str
+    document: str
+    message: str
+    tile: str | None = None
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        tile = f" tile {self.tile!r}" if self.tile else ""
+        return f"{self.where}: {self.severity}: {self.document}{tile}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "where": self.where,
+            "document": self.document,
+            "tile": self.tile,
+            "severity": self.severity,
+            "message": self.message,
+        }
+
+
+@dataclass
+class LoadedDocument:
+    where: str
+    raw: Any
+    model: Any = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if isinstance(self.raw, dict):
+            kind = self.raw.get("kind", "document")
+            name = self.raw.get("name")
+            return f"{kind} {name!r}" if name else str(kind)
+        return "document"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps date-times as text, so that pydantic sees exactly
+    what the operator wrote and can tell a local time from one with an offset."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(
+                sorted(p for p in path.rglob("*") if p.suffix in DEFINITION_SUFFIXES)
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(Problem(str(path), "file", "file or folder not found"))
+    return files, problems
+
+
+def load_documents(paths: Iterable[str | Path]) -> tuple[list[LoadedDocument], list[Problem]]:
+    """Read and validate every document; return them with file-level problems."""
+    files, problems = expand_paths(paths)
+    documents: list[LoadedDocument] = []
+    for path in files:
+        try:
+            raw_documents = list(_read_file(path))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as error:
+            problems.append(Problem(str(path), "file", _describe_read_error(error)))
+            continue
+        for where, raw in raw_documents:
+            documents.append(_validate(where, raw))
+    return documents, problems
+
+
+def _read_file(path: Path) -> Iterator[tuple[str, Any]]:
+    text = path.read_bytes().decode("utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        for index, raw in enumerate(data if isinstance(data, list) else [data]):
+            yield f"{path}[{index}]", raw
+        return
+    loader = _Loader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            yield f"{path}:{node.start_mark.line + 1}", loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _describe_read_error(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"not valid UTF-8 at byte {error.start}; save the file as UTF-8"
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    return f"cannot be read: {error}"
+
+
+def _validate(where: str, raw: Any) -> LoadedDocument:
+    document = LoadedDocument(where, raw)
+    if raw is None:
+        return document
+    if not isinstance(raw, dict):
+        document.problems.append(
+            Problem(where, "document", f"expected a mapping with a 'kind', got {type(raw).__name__}")
+        )
+        return document
+    kind = raw.get("kind")
+    if kind not in DOCUMENT_KINDS:
+        document.problems.append(
+            Problem(
+                where,
+                document.label,
+                f"unknown kind {kind!r}; expected one of {', '.join(DOCUMENT_KINDS)}",
+            )
+        )
+        return document
+    try:
+        document.model = document_adapter.validate_python(raw)
+    except ValidationError as error:
+        document.problems.extend(_explain(where, document.label, raw, error))
+    return document
+
+
+def _explain(where: str, label: str, raw: dict, error: ValidationError) -> Iterator[Problem]:
+    for item in error.errors(include_url=False):
+        location = list(item["loc"])
+        if location and location[0] == raw.get("kind"):
+            location = location[1:]  # the discriminator's own level adds nothing
+        tile = _tile_of(raw, location)
+        field_path = ".".join(str(part) for part in location) or "(document)"
+        yield Problem(where, label, _message(item, field_path, raw, location), tile=tile)
+
+
+def _tile_of(raw: dict, location: list[Any]) -> str | None:
+    if len(location) < 2 or location[0] != "tiles" or not isinstance(location[1], int):
+        return None
+    tiles = raw.get("tiles")
+    if isinstance(tiles, list) and location[1] < len(tiles):
+        tile = tiles[location[1]]
+        if isinstance(tile, dict) and tile.get("id"):
+            return str(tile["id"])
+    return f"#{location[1] + 1}"
+
+
+def _message(item: dict, field_path: str, raw: dict, location: list[Any]) -> str:
+    kind = item["type"]
+    if kind == "union_tag_invalid" and location[:1] == ["tiles"]:
+        found = item.get("ctx", {}).get("tag")
+        return f"unknown tile type {found!r}; expected one of {', '.join(TILE_TYPES)}"
+    if kind == "union_tag_not_found" and location[:1] == ["tiles"]:
+        return f"tile has no 'type'; expected one of {', '.join(TILE_TYPES)}"
+    if kind == "missing":
+        return f"field '{field_path}' is missing"
+    if kind == "extra_forbidden":
+        return f"unknown field '{field_path}'; remove it or check its spelling"
+    value = item.get("input")
+    shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+    return f"field '{field_path}' is invalid ({item['msg']}), got {shown}"

@@ -1,0 +1,179 @@
+"""Compilation, checking and rendering of email templates in a Jinja2 sandbox."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inscriptis import get_text
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+from shared.definitions import Email
+from shared.errors import PermanentError
+
+ROOT_NAMES = ("contact", "content")
+BASE_CONTACT_FIELDS = ("contact_id", "email", "firstname", "lastname", "unsubscribed")
+CONTENT_FIELDS = (
+    "sender_name",
+    "sender_address",
+    "postal_address",
+    "subscription_center_url",
+)
+REQUIRED_IN_LIVE_EMAIL = ("subscription_center_url", "postal_address")
+GUARDING_FILTERS = {"default", "d"}
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x85\u2028\u2029]+")
+
+_html_env = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+_plain_env = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+
+
+class RenderError(PermanentError):
+    """Raised when a template cannot be rendered for one contact."""
+
+
+@dataclass(frozen=True)
+class TemplateProblem:
+    part: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+class CompiledEmail:
+    """An email definition with its templates parsed once, ready to render."""
+
+    def __init__(self, email: Email) -> None:
+        self.name = email.name
+        self.subject = _plain_env.from_string(email.subject)
+        self.html = _html_env.from_string(email.html)
+        self.text = _plain_env.from_string(email.text) if email.text else None
+
+    def render(
+        self, contact: Mapping[str, Any], content: Mapping[str, Any]
+    ) -> RenderedEmail:
+        context = {"contact": contact, "content": content}
+        try:
+            subject = one_line(self.subject.render(context))
+            html = self.html.render(context)
+            text = self.text.render(context) if self.text else html_to_text(html)
+        except (UndefinedError, SecurityError) as error:
+            raise RenderError(f"email {self.name!r} cannot be rendered: {error}") from error
+        return RenderedEmail(subject=subject, html=html, text=text)
+
+
+def one_line(value: str) -> str:
+    """Collapse line breaks so that no rendered value can start a new header."""
+    return _LINE_BREAKS.sub(" ", value).strip()
+
+
+def html_to_text(html: str) -> str:
+    return get_text(html).strip() + "\n"
+
+
+def check_email_templates(
+    email: Email, known_contact_fields: set[str] | None
+) -> list[TemplateProblem]:
+    """List every template problem of an email; an empty list means clean."""
+    problems: list[TemplateProblem] = []
+    parts = {"subject": email.subject, "html": email.html}
+    if email.text is not None:
+        parts["text"] = email.text
+
+    used_content: dict[str, set[str]] = {}
+    for part, source in parts.items():
+        env = _html_env if part == "html" else _plain_env
+        try:
+            tree = env.parse(source)
+        except TemplateSyntaxError as error:
+            problems.append(
+                TemplateProblem(part, f"template syntax error on line {error.lineno}: {error.message}")
+            )
+            continue
+        problems.extend(_check_tree(part, tree, known_contact_fields))
+        used_content[part] = {attribute for root, attribute, _ in _attributes(tree) if root == "content"}
+
+    if email.status == "live":
+        problems.extend(_check_required_links(used_content))
+    return problems
+
+
+def _check_tree(
+    part: str, tree: nodes.Template, known_fields: set[str] | None
+) -> Iterator[TemplateProblem]:
+    for name in sorted(meta.find_undeclared_variables(tree) - set(ROOT_NAMES)):
+        hint = _did_you_mean(name, ROOT_NAMES)
+        yield TemplateProblem(
+            part, f"unknown name {name!r}{hint}; templates can use 'contact' and 'content'"
+        )
+    for root, attribute, guarded in _attributes(tree):
+        if attribute.startswith("_"):
+            yield TemplateProblem(
+                part, f"'{root}.{attribute}' is not allowed: templates cannot reach Python internals"
+            )
+        elif root == "content" and attribute not in CONTENT_FIELDS:
+            hint = _did_you_mean(attribute, CONTENT_FIELDS)
+            yield TemplateProblem(
+                part,
+                f"unknown content field {attribute!r}{hint}; content fields are "
+                + ", ".join(CONTENT_FIELDS),
+            )
+        elif root == "contact" and known_fields is not None and not guarded:
+            if attribute not in known_fields:
+                hint = _did_you_mean(attribute, sorted(known_fields))
+                yield TemplateProblem(
+                    part,
+                    f"unknown contact field {attribute!r}{hint}; import contacts with "
+                    "that column, or write {{ contact." + attribute
+                    + ' | default("...") }}',
+                )
+
+
+def _check_required_links(used: dict[str, set[str]]) -> Iterator[TemplateProblem]:
+    for part in ("html", "text"):
+        if part not in used:
+            continue
+        for field in REQUIRED_IN_LIVE_EMAIL:
+            if field not in used[part]:
+                yield TemplateProblem(
+                    part,
+                    f"a live email must contain {{{{ content.{field} }}}} in its {part} "
+                    "part, so that every recipient can unsubscribe and see the "
+                    "sender's postal address",
+                )
+
+
+def _attributes(tree: nodes.Template) -> Iterator[tuple[str, str, bool]]:
+    """Yield (root, attribute, guarded) for each `contact.x` or `content.x`.
+
+    An attribute is guarded when a `default` filter or an `is defined` test
+    wraps it, so a contact without that field still renders.
+    """
+    guarded: set[int] = set()
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        if node.name in GUARDING_FILTERS or node.name == "defined":
+            guarded.add(id(node.node))
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if not isinstance(node.node, nodes.Name) or node.node.name not in ROOT_NAMES:
+            continue
+        if isinstance(node, nodes.Getattr):
+            attribute = node.attr
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            attribute = node.arg.value
+        else:
+            continue
+        yield node.node.name, attribute, id(node) in guarded
+
+
+def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
