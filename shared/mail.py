@@ -21,6 +21,10 @@ from shared.templates import RenderedEmail, one_line
 
 logger = logging.getLogger(__name__)
 
+# RFC 5322 allows 998 characters a line. Without folding, List-Unsubscribe stays
+# one plain line, which mail providers parse and DKIM signs reliably.
+_POLICY = SMTP.clone(max_line_length=998)
+
 
 class SmtpRejected(PermanentError):
     """Raised when the SMTP server answers 5xx for one recipient."""
@@ -65,7 +69,7 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
     """Return the Message-ID and the wire bytes of one marketing email."""
     domain = envelope.sender_address.rpartition("@")[2] or "localhost"
     message_id = make_msgid(domain=domain)
-    message = EmailMessage(policy=SMTP)
+    message = EmailMessage(policy=_POLICY)
     message["From"] = _format_address(envelope.sender_name, envelope.sender_address)
     message["To"] = _format_address(envelope.recipient_name, envelope.recipient_address)
     message["Subject"] = one_line(rendered.subject)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
@@ -76,8 +77,12 @@ def one_line(value: str) -> str:
     return _LINE_BREAKS.sub(" ", value).strip()
 
 
+_TEXT_CONFIG = ParserConfig(display_links=True)
+
+
 def html_to_text(html: str) -> str:
-    return get_text(html).strip() + "\n"
+    """Derive the plain-text part, keeping each link's address after its text."""
+    return get_text(html, _TEXT_CONFIG).strip() + "\n"
 
 
 def check_email_templates(
