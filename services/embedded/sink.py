@@ -13,7 +13,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-# A reply chooser gets the recipient and returns an SMTP reply such as
+# A reply chooser gets the recipient at DATA and returns an SMTP reply such as
 # "550 5.1.1 no such user", or None to accept the message.
 ReplyChooser = Callable[[str], str | None]
 
@@ -22,21 +22,17 @@ ReplyChooser = Callable[[str], str | None]
 class SinkHandler:
     folder: Path | None = None
     choose_reply: ReplyChooser | None = None
+    # Called with the recipient after a message is stored, before the reply is
+    # sent; tests use it to hold the reply back.
+    on_accepted: Callable[[str], None] | None = None
     messages: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        reply = self.choose_reply(address) if self.choose_reply else None
-        if reply is not None and reply.startswith("rcpt:"):
-            return reply.removeprefix("rcpt:")
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         recipient = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
         reply = self.choose_reply(recipient) if self.choose_reply else None
-        if reply is not None and not reply.startswith("rcpt:"):
+        if reply is not None:
             return reply
         data = envelope.original_content or envelope.content
         with self.lock:
@@ -45,6 +41,8 @@ class SinkHandler:
             self.messages.append(data)
         if self.folder is not None:
             (self.folder / f"{number:07d}.eml").write_bytes(data)
+        if self.on_accepted is not None:
+            self.on_accepted(recipient)
         return "250 Message accepted for delivery"
 
     def parsed(self) -> list[EmailMessage]:
