@@ -29,7 +29,9 @@ app = typer.Typer(
 )
 contacts_app = typer.Typer(help="Manage contacts.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
-console = Console()
+# Tables stay readable when the output goes to a file or a pipe, where Rich
+# would otherwise assume 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 Paths = Annotated[list[Path], typer.Argument(help="Definition files or folders (YAML or JSON).")]
@@ -170,8 +172,11 @@ def import_command(file: Path) -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(ctx: typer.Context) -> None:
-    """Run the tile actors as Dramatiq worker processes; extra options go to `dramatiq`
-    (for example -p 2 -t 8)."""
+    """Run the tile actors as Dramatiq worker processes.
+
+    Extra options go to `dramatiq`, for example -p 2 -t 8 for two processes of
+    eight threads.
+    """
     settings = get_settings()
     apply_migrations(settings.database_url)
     folder = Path(settings.metrics_dir)
@@ -214,8 +219,11 @@ def run(
     data: Annotated[Path, typer.Option(help="Folder of the embedded PostgreSQL's data.")] = Path(".journeys/pgdata"),
     threads: Annotated[int, typer.Option(help="Worker threads.")] = 8,
 ) -> None:
-    """Run everything in one process: embedded PostgreSQL, in-process broker and
-    a loopback SMTP server that writes each email to --outbox."""
+    """Run a journey in one process, with nothing else installed.
+
+    Uses an embedded PostgreSQL, the in-process broker and a loopback SMTP
+    server that writes each email to --outbox; exits when no contact is in flight.
+    """
     from services.embedded.run import run_embedded
 
     _setup_logging()

@@ -1,0 +1,149 @@
+"""The coordinator: start times across zones, go-live checks against the
+database, and feeding a large segment in bounded memory."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pika
+import pytest
+
+from examples.make_contacts import write_csv
+from services.coordinator.loop import tick
+from services.tiles import actors  # noqa: F401  (the stub broker needs the actors)
+from shared.config import get_settings
+from shared.contacts import import_contacts
+from shared.golive import go_live_paths
+from tests.support import rss_peak_mb, simple_contacts, tree_pids, wait_until, write_contacts, write_definitions
+
+pytestmark = pytest.mark.integration
+
+MEMORY_CEILING_MB = 300
+
+
+def test_nothing_enters_before_the_local_start(db, tmp_path):
+    """Europe/Amsterdam 2027-07-01 09:00 is 07:00Z: a tick at 06:59:59Z feeds
+    nobody, a tick at 07:00Z feeds everybody."""
+    import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
+    path = write_definitions(
+        tmp_path, start="2027-07-01 09:00", end="2027-07-02 09:00", timezone="Europe/Amsterdam"
+    )
+    outcome = go_live_paths(db, [path], datetime(2027, 6, 1, tzinfo=UTC))
+    assert not outcome.errors
+    start = db.execute("SELECT start_at FROM journeys").fetchone()[0]
+    assert start == datetime(2027, 7, 1, 7, 0, tzinfo=UTC)
+
+    tick(get_settings(), now=datetime(2027, 7, 1, 6, 59, 59, tzinfo=UTC))
+    assert db.execute("SELECT count(*) FROM entries").fetchone() == (0,)
+    tick(get_settings(), now=datetime(2027, 7, 1, 7, 0, tzinfo=UTC))
+    assert db.execute("SELECT count(*) FROM entries").fetchone() == (3,)
+
+
+def test_go_live_rejects_tile_with_unpublished_email(db, tmp_path):
+    import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(2)))
+    path = write_definitions(tmp_path, emails={"hello": "draft"})
+    outcome = go_live_paths(db, [path], datetime.now(UTC))
+    messages = [str(problem) for problem in outcome.errors]
+    assert len(messages) == 1
+    assert "tile 'send-hello'" in messages[0]
+    assert "email 'hello', which is not published" in messages[0]
+    assert db.execute("SELECT count(*) FROM journeys").fetchone() == (0,)
+
+
+def test_go_live_rejects_tile_without_email(db, tmp_path):
+    path = write_definitions(tmp_path, tiles=[{"id": "mail", "type": "email", "email": "missing"}])
+    outcome = go_live_paths(db, [path], datetime.now(UTC))
+    messages = [str(problem) for problem in outcome.errors]
+    assert any("tile 'mail'" in m and "email 'missing', which is not defined" in m for m in messages)
+
+
+def test_go_live_warns_about_empty_audience(db, tmp_path):
+    path = write_definitions(tmp_path, segment={"where": [{"field": "country", "op": "eq", "value": "NL"}]})
+    outcome = go_live_paths(db, [path], datetime.now(UTC))
+    assert not outcome.errors
+    warnings = [str(problem) for problem in outcome.problems if problem.severity == "warning"]
+    assert any("segment 'audience' has no members now" in w for w in warnings)
+    assert db.execute("SELECT status FROM journeys").fetchone() == ("live",)
+
+
+def test_going_live_twice_changes_nothing(db, tmp_path):
+    path = write_definitions(tmp_path)
+    first = go_live_paths(db, [path], datetime.now(UTC))
+    second = go_live_paths(db, [path], datetime.now(UTC))
+    assert first.journeys[0].created
+    assert not second.journeys[0].created
+    assert db.execute("SELECT count(*) FROM journey_versions").fetchone() == (1,)
+
+
+def _entered(db) -> int:
+    return int(db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+
+def _queued_contacts(broker_url: str, queue: str) -> list[int]:
+    """Drain a queue and return the contacts its messages carry."""
+    import json
+
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    contacts: list[int] = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return contacts
+            contacts.extend(json.loads(body)["args"][0]["contacts"])
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_large_segment_fed_once_in_bounded_memory(db, processes, tmp_path):
+    """200,000 members; the coordinator is killed half-way and restarted. Every
+    member enters exactly once, and no process passes the memory ceiling."""
+    total = 200_000
+    processes.env["JOURNEYS_OUTBOX_RETRY_SECONDS"] = "2"
+    contacts = tmp_path / "contacts.csv"
+    write_csv(contacts, total, 5)
+    report = import_contacts(db, contacts)
+    assert report.inserted == total
+    path = write_definitions(tmp_path, tiles=[{"id": "done", "type": "exit"}])
+    assert not go_live_paths(db, [path], datetime.now(UTC)).errors
+
+    coordinator = processes.start_coordinator()
+    peaks: dict[str, float] = {}
+    wait_until(lambda: _entered(db) >= total // 2, 300, what="half the segment entered", interval=0.5)
+    peaks["coordinator before kill"] = rss_peak_mb(coordinator.pid)
+    processes.kill(coordinator)
+    half = _entered(db)
+
+    coordinator = processes.start_coordinator()
+    wait_until(lambda: _entered(db) == total, 300, what="the whole segment entered", interval=0.5)
+    wait_until(lambda: db.execute("SELECT count(*) FROM outbox").fetchone() == (0,), 60, what="outbox empty")
+    peaks["coordinator after restart"] = rss_peak_mb(coordinator.pid)
+
+    queued = _queued_contacts(processes.broker_url, "tile.audience")
+    assert len(set(queued)) == total
+    members = db.execute("SELECT count(*), count(DISTINCT contact) FROM entries").fetchone()
+    assert members == (total, total)
+    steps = db.execute("SELECT count(*) FROM steps WHERE tile = 'audience'").fetchone()
+    assert steps == (total,)
+
+    # Publish the drained messages' contacts again and let workers finish the journey.
+    journey_id, version = db.execute("SELECT id, version FROM journeys").fetchone()
+    processes.publish(
+        "tile.audience", "audience_tile",
+        ({"journey_id": journey_id, "version": version, "tile": "audience", "contacts": queued[i : i + 500]}
+         for i in range(0, len(queued), 500)),
+    )
+    workers = processes.start_workers(processes=2, threads=4)
+    wait_until(
+        lambda: db.execute("SELECT count(*) FROM entries WHERE state = 'completed'").fetchone() == (total,),
+        300, what="every contact through the exit tile", interval=1,
+    )
+    for index, pid in enumerate(tree_pids(workers.pid)):
+        peaks[f"worker process {index}"] = rss_peak_mb(pid)
+    time.sleep(0.1)
+    print(f"\nentered before kill: {half}; peak resident memory (MB): {peaks}")
+    for role, megabytes in peaks.items():
+        assert megabytes < MEMORY_CEILING_MB, role

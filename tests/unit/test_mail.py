@@ -1,0 +1,146 @@
+"""Building the wire bytes of one marketing email, and address checks."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+
+import pytest
+
+from shared.definitions import Email
+from shared.mail import Envelope, build_message, normalize_address, split_sender
+from shared.templates import CompiledEmail, RenderedEmail
+
+TOKEN = "AQEAAAAHAAAAAAAB4kCZzHyOetx5h0fQwb4"
+UNSUBSCRIBE_URL = f"https://prefs.northwind.example.com/unsubscribe?token={TOKEN}"
+UNSUBSCRIBE_MAILTO = f"mailto:unsubscribe@northwind.example.com?subject=unsubscribe%20{TOKEN}"
+INJECTED = "Eve\r\nBcc: evil@example.com"
+
+
+def envelope(recipient_name: str = "Eve Smith") -> Envelope:
+    return Envelope(
+        sender_name="Northwind News",
+        sender_address="news@northwind.example.com",
+        recipient_name=recipient_name,
+        recipient_address="eve@example.com",
+        unsubscribe_url=UNSUBSCRIBE_URL,
+        unsubscribe_mailto=UNSUBSCRIBE_MAILTO,
+    )
+
+
+def rendered_for(firstname: str) -> RenderedEmail:
+    definition = Email(
+        kind="email",
+        name="hello",
+        subject="Hello {{ contact.firstname }}",
+        html='<p>Hello {{ contact.firstname }}</p><a href="{{ content.subscription_center_url }}">unsubscribe</a>',
+    )
+    return CompiledEmail(definition).render(
+        {"firstname": firstname}, {"subscription_center_url": UNSUBSCRIBE_URL}
+    )
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def header_lines(data: bytes) -> list[str]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    return head.split("\r\n")
+
+
+def test_message_id_returned_and_set() -> None:
+    message_id, data = build_message(envelope(), rendered_for("Eve"))
+    assert parse(data)["Message-ID"] == message_id
+    assert message_id.endswith("@northwind.example.com>")
+
+
+def test_message_has_text_and_html_parts() -> None:
+    _, data = build_message(envelope(), rendered_for("<b>Eve</b>"))
+    message = parse(data)
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    assert text is not None
+    assert html is not None
+    assert "Hello <b>Eve</b>" in text.get_content()
+    assert "Hello &lt;b&gt;Eve&lt;/b&gt;" in html.get_content()
+
+
+def test_list_unsubscribe_on_one_line() -> None:
+    _, data = build_message(envelope(), rendered_for("Eve"))
+    expected = f"List-Unsubscribe: <{UNSUBSCRIBE_URL}>, <{UNSUBSCRIBE_MAILTO}>"
+    assert expected in header_lines(data)
+
+
+def test_one_click_post_header() -> None:
+    _, data = build_message(envelope(), rendered_for("Eve"))
+    assert parse(data)["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_sender_and_recipient_headers() -> None:
+    _, data = build_message(envelope(), rendered_for("Eve"))
+    message = parse(data)
+    assert message["From"] == "Northwind News <news@northwind.example.com>"
+    assert message["To"] == "Eve Smith <eve@example.com>"
+
+
+def test_injected_line_break_adds_no_header() -> None:
+    _, data = build_message(envelope(recipient_name=f"{INJECTED} Smith"), rendered_for(INJECTED))
+    message = parse(data)
+    assert message["Bcc"] is None
+    assert not any(line.lower().startswith("bcc:") for line in header_lines(data))
+
+
+def test_injected_subject_stays_single_line() -> None:
+    _, data = build_message(envelope(), rendered_for(INJECTED))
+    subject = parse(data)["Subject"]
+    assert subject == "Hello Eve Bcc: evil@example.com"
+    assert "\n" not in subject
+
+
+def test_injected_recipient_name_stays_single_line() -> None:
+    _, data = build_message(envelope(recipient_name=f"{INJECTED} Smith"), rendered_for("Eve"))
+    to = parse(data)["To"]
+    assert "\n" not in to
+    assert [address.addr_spec for address in to.addresses] == ["eve@example.com"]
+    assert to.addresses[0].display_name == "Eve Bcc: evil@example.com Smith"
+
+
+def test_non_ascii_subject_encoded() -> None:
+    _, data = build_message(envelope(), rendered_for("J\u00fcrgen"))
+    assert parse(data)["Subject"] == "Hello J\u00fcrgen"
+    assert all(line.isascii() for line in header_lines(data))
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("eve@example.com", "eve@example.com"),
+        ("Eve@Example.COM", "Eve@example.com"),
+        ("eve.smith+news@mail.example.org", "eve.smith+news@mail.example.org"),
+        ("eve.example.com", None),
+        ("eve@@example.com", None),
+        ("eve.@example.com", None),
+        ("eve@localhost", None),
+        ("", None),
+    ],
+    ids=["valid", "domain-lowered", "plus-tag", "missing-at", "double-at", "trailing-dot", "no-tld", "empty"],
+)
+def test_normalize_address(address: str, expected: str | None) -> None:
+    assert normalize_address(address) == expected
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        ("Northwind News <news@northwind.example.com>", ("Northwind News", "news@northwind.example.com")),
+        ('"Northwind, Inc." <news@northwind.example.com>', ("Northwind, Inc.", "news@northwind.example.com")),
+        ("news@northwind.example.com", ("", "news@northwind.example.com")),
+    ],
+)
+def test_split_sender(sender: str, expected: tuple[str, str]) -> None:
+    assert split_sender(sender) == expected
