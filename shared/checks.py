@@ -80,7 +80,9 @@ def check(
     return problems
 
 
-def _duplicate_names(documents: list[LoadedDocument], scope: _Scope) -> Iterator[Problem]:
+def _duplicate_names(
+    documents: list[LoadedDocument], scope: _Scope
+) -> Iterator[Problem]:
     seen: dict[tuple[str, str], str] = {}
     for document in documents:
         if document.model is None:
@@ -97,7 +99,9 @@ def _duplicate_names(documents: list[LoadedDocument], scope: _Scope) -> Iterator
             scope.files[key] = document.model
 
 
-def _check_content_settings(document: LoadedDocument, settings: ContentSettings) -> Iterator[Problem]:
+def _check_content_settings(
+    document: LoadedDocument, settings: ContentSettings
+) -> Iterator[Problem]:
     name, address = split_sender(settings.sender)
     if not name or normalize_address(address) is None:
         yield Problem(
@@ -106,7 +110,10 @@ def _check_content_settings(document: LoadedDocument, settings: ContentSettings)
             f"sender {settings.sender!r} is invalid; write it as "
             "'Display Name <name@example.com>' with a valid address",
         )
-    if settings.unsubscribe_mailto and normalize_address(settings.unsubscribe_mailto) is None:
+    if (
+        settings.unsubscribe_mailto
+        and normalize_address(settings.unsubscribe_mailto) is None
+    ):
         yield Problem(
             document.where,
             document.label,
@@ -114,9 +121,13 @@ def _check_content_settings(document: LoadedDocument, settings: ContentSettings)
         )
 
 
-def _check_email(document: LoadedDocument, email: Email, scope: _Scope) -> Iterator[Problem]:
+def _check_email(
+    document: LoadedDocument, email: Email, scope: _Scope
+) -> Iterator[Problem]:
     for problem in check_email_templates(email, scope.catalog.contact_fields):
-        yield Problem(document.where, document.label, f"{problem.part}: {problem.message}")
+        yield Problem(
+            document.where, document.label, f"{problem.part}: {problem.message}"
+        )
     if email.from_ is not None:
         _, address = split_sender(email.from_)
         if normalize_address(address) is None:
@@ -127,7 +138,9 @@ def _check_email(document: LoadedDocument, email: Email, scope: _Scope) -> Itera
             )
 
 
-def _check_segment(document: LoadedDocument, segment: Segment, scope: _Scope) -> Iterator[Problem]:
+def _check_segment(
+    document: LoadedDocument, segment: Segment, scope: _Scope
+) -> Iterator[Problem]:
     if (segment.contacts is None) == (segment.where is None):
         yield Problem(
             document.where,
@@ -154,16 +167,26 @@ def _condition_problem(op: str, value: Any) -> str | None:
         return f"'in' needs a list of values, got {value!r}"
     if op == "exists" and value not in (None, True, False):
         return f"'exists' takes true, false or no value, got {value!r}"
-    if op in ("eq", "ne", "contains", "gt", "lt") and (value is None or isinstance(value, list)):
+    if op in ("eq", "ne", "contains", "gt", "lt") and (
+        value is None or isinstance(value, list)
+    ):
         return f"{op!r} needs one value, got {value!r}"
     return None
 
 
-def _check_journey(document: LoadedDocument, journey: Journey, scope: _Scope) -> Iterator[Problem]:
+def _check_journey(
+    document: LoadedDocument, journey: Journey, scope: _Scope
+) -> Iterator[Problem]:
     where, label = document.where, document.label
     yield from _check_window(where, label, journey, scope)
     yield from _check_reference(
-        where, label, None, "content-settings", journey.content_settings, "content_settings", scope
+        where,
+        label,
+        None,
+        "content-settings",
+        journey.content_settings,
+        "content_settings",
+        scope,
     )
     yield from _check_reference(
         where, label, None, "segment", journey.audience.segment, "audience", scope
@@ -173,7 +196,9 @@ def _check_journey(document: LoadedDocument, journey: Journey, scope: _Scope) ->
     yield from _check_tiles(where, label, journey, scope)
 
 
-def _check_window(where: str, label: str, journey: Journey, scope: _Scope) -> Iterator[Problem]:
+def _check_window(
+    where: str, label: str, journey: Journey, scope: _Scope
+) -> Iterator[Problem]:
     try:
         zone = load_zone(journey.timezone)
     except DefinitionError as error:
@@ -241,7 +266,9 @@ def _check_reference(
         )
 
 
-def _check_audience_size(where: str, label: str, journey: Journey, scope: _Scope) -> Iterator[Problem]:
+def _check_audience_size(
+    where: str, label: str, journey: Journey, scope: _Scope
+) -> Iterator[Problem]:
     size = scope.catalog.segment_sizes.get(journey.audience.segment)
     if size == 0:
         yield Problem(
@@ -253,19 +280,31 @@ def _check_audience_size(where: str, label: str, journey: Journey, scope: _Scope
         )
 
 
-def _check_tiles(where: str, label: str, journey: Journey, scope: _Scope) -> Iterator[Problem]:
+def _check_tiles(
+    where: str, label: str, journey: Journey, scope: _Scope
+) -> Iterator[Problem]:
     tiles = walk_tiles(journey.tiles)
     counts = Counter(tile.id for tile in tiles)
     for tile_id, count in counts.items():
         if count > 1:
-            yield Problem(where, label, f"tile id is used {count} times; give each tile its own id", tile=tile_id)
+            yield Problem(
+                where,
+                label,
+                f"tile id is used {count} times; give each tile its own id",
+                tile=tile_id,
+            )
     for tile in tiles:
         if tile.id == AUDIENCE_TILE:
             yield Problem(
-                where, label, f"tile id {AUDIENCE_TILE!r} is reserved for the audience tile", tile=tile.id
+                where,
+                label,
+                f"tile id {AUDIENCE_TILE!r} is reserved for the audience tile",
+                tile=tile.id,
             )
         if isinstance(tile, EmailTile):
-            yield from _check_reference(where, label, tile.id, "email", tile.email, "email", scope)
+            yield from _check_reference(
+                where, label, tile.id, "email", tile.email, "email", scope
+            )
     for position, tile in enumerate(journey.tiles[:-1]):
         if isinstance(tile, ExitTile):
             unreachable = journey.tiles[position + 1]

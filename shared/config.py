@@ -21,7 +21,9 @@ class SmtpTarget(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JOURNEYS_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="JOURNEYS_", env_file=".env", extra="ignore"
+    )
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     broker_url: str = Field(

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 BASE_COLUMNS = ("contact_id", "email", "firstname", "lastname", "unsubscribed")
 MAX_VALUE_CHARS = 10_000
 BATCH_ROWS = 5_000
+# The csv module refuses fields over 128 KiB by default. A larger limit lets an
+# over-long value become a bad row, reported like any other.
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n", ""}
 
@@ -66,10 +69,14 @@ def import_contacts(
     address for rows without one."""
     report = ImportReport()
     try:
-        handle = open(path, encoding="utf-8", errors="surrogateescape", newline="")
+        # utf-8-sig drops the byte order mark that spreadsheet programs write.
+        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as error:
-        raise ContactImportError(f"cannot open contacts file {path}: {error}") from error
+        raise ContactImportError(
+            f"cannot open contacts file {path}: {error}"
+        ) from error
     with handle:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
         reader = csv.reader(handle)
         header = _read_header(reader, path)
         _remember_fields(conn, header)
@@ -77,7 +84,11 @@ def import_contacts(
             _upsert(conn, batch, report)
     logger.info(
         "imported contacts from %s: %d new, %d updated, %d unchanged, %d bad rows",
-        path, report.inserted, report.updated, report.unchanged, len(report.bad_rows),
+        path,
+        report.inserted,
+        report.updated,
+        report.unchanged,
+        len(report.bad_rows),
     )
     return report
 
@@ -86,7 +97,9 @@ def _read_header(reader: Iterator[list[str]], path: str | Path) -> list[str]:
     try:
         header = [name.strip() for name in next(reader)]
     except StopIteration:
-        raise ContactImportError(f"{path} is empty; it needs a header row with 'email'") from None
+        raise ContactImportError(
+            f"{path} is empty; it needs a header row with 'email'"
+        ) from None
     if "email" not in header:
         raise ContactImportError(
             f"{path}: the header row has no 'email' column; found {', '.join(header) or 'nothing'}"
@@ -116,8 +129,16 @@ def _batches(
     on_progress: ProgressCallback | None,
 ) -> Iterator[list[ContactRow]]:
     batch: dict[str, ContactRow] = {}
-    line = 1
-    for values in reader:
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            line = reader.line_num  # type: ignore[attr-defined]
+            raise ContactImportError(
+                f"line {line}: {error}; rows before it were imported"
+            ) from error
         line = reader.line_num  # type: ignore[attr-defined]
         row = _parse_row(values, header, line, report)
         if row is not None:
@@ -146,7 +167,10 @@ def _parse_row(
     unsubscribed = record.get("unsubscribed", "").lower()
     if unsubscribed not in _TRUE | _FALSE:
         report.bad_rows.append(
-            BadRow(line, f"unsubscribed must be true or false, got {record['unsubscribed']!r}")
+            BadRow(
+                line,
+                f"unsubscribed must be true or false, got {record['unsubscribed']!r}",
+            )
         )
         return None
     contact_id = record.get("contact_id") or None
@@ -201,7 +225,9 @@ RETURNING (xmax = 0) AS inserted
 """
 
 
-def _upsert(conn: psycopg.Connection, rows: list[ContactRow], report: ImportReport) -> None:
+def _upsert(
+    conn: psycopg.Connection, rows: list[ContactRow], report: ImportReport
+) -> None:
     with conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS contact_import ("
@@ -214,8 +240,15 @@ def _upsert(conn: psycopg.Connection, rows: list[ContactRow], report: ImportRepo
         ) as copy:
             for row in rows:
                 copy.write_row(
-                    (row.key, row.contact_id, row.email, row.firstname, row.lastname,
-                     row.unsubscribed, json.dumps(row.fields, ensure_ascii=False))
+                    (
+                        row.key,
+                        row.contact_id,
+                        row.email,
+                        row.firstname,
+                        row.lastname,
+                        row.unsubscribed,
+                        json.dumps(row.fields, ensure_ascii=False),
+                    )
                 )
         results = conn.execute(_UPSERT).fetchall()
     inserted = sum(1 for (is_new,) in results if is_new)

@@ -56,20 +56,26 @@ def migrate(conninfo: str | None = None) -> list[str]:
     processes starting at once apply each file exactly once.
     """
     applied: list[str] = []
-    with psycopg.connect(conninfo or get_settings().database_url, autocommit=True) as conn:
+    with psycopg.connect(
+        conninfo or get_settings().database_url, autocommit=True
+    ) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            done = {
+                row[0] for row in conn.execute("SELECT name FROM schema_migrations")
+            }
             for name, sql in _migration_files():
                 if name in done:
                     continue
                 with conn.transaction():
                     conn.execute(sql)
-                    conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+                    conn.execute(
+                        "INSERT INTO schema_migrations (name) VALUES (%s)", (name,)
+                    )
                 logger.info("applied migration %s", name)
                 applied.append(name)
         finally:

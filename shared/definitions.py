@@ -10,8 +10,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 Status = Literal["draft", "live"]
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w .:-]*$")]
-TileId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+Name = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w .:-]*$")
+]
+TileId = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.-]*$")
+]
 
 AUDIENCE_TILE = "audience"
 

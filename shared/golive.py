@@ -13,7 +13,13 @@ import psycopg
 from shared.checks import Catalog, check
 from shared.definitions import Journey, Segment
 from shared.loading import Problem, load_documents
-from shared.store import GoLiveResult, go_live, load_catalog, publish_documents, segment_size
+from shared.store import (
+    GoLiveResult,
+    go_live,
+    load_catalog,
+    publish_documents,
+    segment_size,
+)
 
 
 @dataclass
@@ -40,13 +46,19 @@ def check_paths(
     models = [document.model for document in documents if document.model is not None]
     if conn is not None:
         _measure_audiences(conn, models, catalog)
-    outcome = Outcome(problems=problems + check(documents, catalog, for_go_live=for_go_live, now=now))
+    outcome = Outcome(
+        problems=problems + check(documents, catalog, for_go_live=for_go_live, now=now)
+    )
     if not documents and not problems:
-        outcome.problems.append(Problem(", ".join(map(str, paths)), "files", "no definitions found"))
+        outcome.problems.append(
+            Problem(", ".join(map(str, paths)), "files", "no definitions found")
+        )
     return outcome, models
 
 
-def _measure_audiences(conn: psycopg.Connection, models: list, catalog: Catalog) -> None:
+def _measure_audiences(
+    conn: psycopg.Connection, models: list, catalog: Catalog
+) -> None:
     segments = {m.name: m for m in models if isinstance(m, Segment)}
     for journey in (m for m in models if isinstance(m, Journey)):
         name = journey.audience.segment
@@ -55,7 +67,9 @@ def _measure_audiences(conn: psycopg.Connection, models: list, catalog: Catalog)
             catalog.segment_sizes[name] = segment_size(conn, segment)
 
 
-def go_live_paths(conn: psycopg.Connection, paths: Sequence[str | Path], now: datetime) -> Outcome:
+def go_live_paths(
+    conn: psycopg.Connection, paths: Sequence[str | Path], now: datetime
+) -> Outcome:
     """Check the files for going live and, when there is no error, publish
     every document and put every journey live in one transaction."""
     outcome, models = check_paths(paths, conn, for_go_live=True, now=now)

@@ -63,7 +63,11 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag != "tag:yaml.org,2002:timestamp"
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -83,14 +87,21 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]
     return files, problems
 
 
-def load_documents(paths: Iterable[str | Path]) -> tuple[list[LoadedDocument], list[Problem]]:
+def load_documents(
+    paths: Iterable[str | Path],
+) -> tuple[list[LoadedDocument], list[Problem]]:
     """Read and validate every document; return them with file-level problems."""
     files, problems = expand_paths(paths)
     documents: list[LoadedDocument] = []
     for path in files:
         try:
             raw_documents = list(_read_file(path))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as error:
+        except (
+            OSError,
+            UnicodeDecodeError,
+            yaml.YAMLError,
+            json.JSONDecodeError,
+        ) as error:
             problems.append(Problem(str(path), "file", _describe_read_error(error)))
             continue
         for where, raw in raw_documents:
@@ -131,7 +142,11 @@ def _validate(where: str, raw: Any) -> LoadedDocument:
         return document
     if not isinstance(raw, dict):
         document.problems.append(
-            Problem(where, "document", f"expected a mapping with a 'kind', got {type(raw).__name__}")
+            Problem(
+                where,
+                "document",
+                f"expected a mapping with a 'kind', got {type(raw).__name__}",
+            )
         )
         return document
     kind = raw.get("kind")
@@ -151,14 +166,42 @@ def _validate(where: str, raw: Any) -> LoadedDocument:
     return document
 
 
-def _explain(where: str, label: str, raw: dict, error: ValidationError) -> Iterator[Problem]:
+def _explain(
+    where: str, label: str, raw: dict, error: ValidationError
+) -> Iterator[Problem]:
     for item in error.errors(include_url=False):
         location = list(item["loc"])
-        if location and location[0] == raw.get("kind"):
-            location = location[1:]  # the discriminator's own level adds nothing
+        location = _without_tags(location, raw)
         tile = _tile_of(raw, location)
         field_path = ".".join(str(part) for part in location) or "(document)"
-        yield Problem(where, label, _message(item, field_path, raw, location), tile=tile)
+        yield Problem(
+            where, label, _message(item, field_path, raw, location), tile=tile
+        )
+
+
+def _without_tags(location: list[Any], raw: dict) -> list[Any]:
+    """Drop the discriminator levels that pydantic adds to error locations
+    (the document's kind, each tile's type), so paths match the file."""
+    if location and location[0] == raw.get("kind"):
+        location = location[1:]
+    cleaned: list[Any] = []
+    node: Any = raw
+    tag_skipped = False
+    for part in location:
+        after_index = bool(cleaned) and isinstance(cleaned[-1], int)
+        is_tag = isinstance(node, dict) and part == node.get("type")
+        if after_index and is_tag and not tag_skipped:
+            tag_skipped = True
+            continue
+        tag_skipped = False
+        cleaned.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return cleaned
 
 
 def _tile_of(raw: dict, location: list[Any]) -> str | None:

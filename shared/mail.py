@@ -115,7 +115,9 @@ class SmtpSender:
             self._envelope(connection, sender, recipient)
         except OSError as error:
             self._drop()
-            raise SmtpTemporaryError(f"SMTP connection lost before DATA: {error}") from error
+            raise SmtpTemporaryError(
+                f"SMTP connection lost before DATA: {error}"
+            ) from error
         try:
             code, reply = connection.data(data)
         except smtplib.SMTPResponseException as error:
@@ -123,7 +125,9 @@ class SmtpSender:
             return self._judge(connection, error.smtp_code, error.smtp_error)
         except OSError as error:
             self._drop()
-            raise SmtpOutcomeUnknown(f"SMTP connection lost during DATA: {error}") from error
+            raise SmtpOutcomeUnknown(
+                f"SMTP connection lost during DATA: {error}"
+            ) from error
         return self._judge(connection, code, reply)
 
     def close(self) -> None:
@@ -139,7 +143,9 @@ class SmtpSender:
             connection.rset()
             self._judge(connection, code, reply)
 
-    def _judge(self, connection: smtplib.SMTP, code: int, reply: bytes | str) -> tuple[int, str]:
+    def _judge(
+        self, connection: smtplib.SMTP, code: int, reply: bytes | str
+    ) -> tuple[int, str]:
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
         if 200 <= code < 300:
             return code, text
@@ -166,7 +172,9 @@ class SmtpSender:
         target = self.target
         if target.ssl:
             connection: smtplib.SMTP = smtplib.SMTP_SSL(
-                target.host, target.port, timeout=self.timeout,
+                target.host,
+                target.port,
+                timeout=self.timeout,
                 context=ssl.create_default_context(),
             )
         else:

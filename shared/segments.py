@@ -54,9 +54,15 @@ def _condition(condition: Condition) -> sql.Composable:
     if condition.op == "eq":
         return sql.SQL("{} = {}").format(field, sql.Literal(_text(value)))
     if condition.op == "ne":
-        return sql.SQL("{} IS DISTINCT FROM {}").format(field, sql.Literal(_text(value)))
+        return sql.SQL("{} IS DISTINCT FROM {}").format(
+            field, sql.Literal(_text(value))
+        )
     if condition.op == "in":
-        values = [_text(item) for item in value] if isinstance(value, list) else [_text(value)]
+        values = (
+            [_text(item) for item in value]
+            if isinstance(value, list)
+            else [_text(value)]
+        )
         return sql.SQL("{} = ANY({})").format(field, sql.Literal(values))
     if condition.op == "contains":
         return sql.SQL("strpos({}, {}) > 0").format(field, sql.Literal(_text(value)))
@@ -68,7 +74,14 @@ def _condition(condition: Condition) -> sql.Composable:
 
 def _comparison(field: sql.Composable, operator: str, value: Any) -> sql.Composable:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return sql.SQL("(CASE WHEN {f} ~ {pattern} THEN {f}::numeric END) {op} {v}").format(
-            f=field, pattern=sql.Literal(_NUMBER), op=sql.SQL(operator), v=sql.Literal(value)
+        return sql.SQL(
+            "(CASE WHEN {f} ~ {pattern} THEN {f}::numeric END) {op} {v}"
+        ).format(
+            f=field,
+            pattern=sql.Literal(_NUMBER),
+            op=sql.SQL(operator),
+            v=sql.Literal(value),
         )
-    return sql.SQL("{} {} {}").format(field, sql.SQL(operator), sql.Literal(_text(value)))
+    return sql.SQL("{} {} {}").format(
+        field, sql.SQL(operator), sql.Literal(_text(value))
+    )

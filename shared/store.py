@@ -31,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 COUNT_NAMES = ("entered", "in_progress", "completed", "stopped", "failed")
 EMAIL_COUNT_NAMES = ("sent", "blocked", "bounced", "unconfirmed")
-_PUBLISHED_KINDS = {ContentSettings: "content-settings", Email: "email", Segment: "segment"}
+_PUBLISHED_KINDS = {
+    ContentSettings: "content-settings",
+    Email: "email",
+    Segment: "segment",
+}
 
 
 def dump(model: Any) -> dict[str, Any]:
@@ -50,7 +54,9 @@ def load_catalog(conn: psycopg.Connection, segments: list[str] = ()) -> Catalog:
 
 
 def segment_size(conn: psycopg.Connection, segment: Segment) -> int:
-    query = sql.SQL("SELECT count(*) FROM contacts c WHERE {}").format(membership(segment))
+    query = sql.SQL("SELECT count(*) FROM contacts c WHERE {}").format(
+        membership(segment)
+    )
     row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0
 
@@ -91,8 +97,18 @@ def go_live(conn: psycopg.Connection, journey: Journey) -> GoLiveResult:
     """Publish a journey: a first version, a new version when the definition
     changed, or nothing when this exact definition is already live."""
     zone = load_zone(journey.timezone)
-    start = to_utc(journey.start, zone, ambiguous=journey.ambiguous_time, nonexistent=journey.nonexistent_time)
-    end = to_utc(journey.end, zone, ambiguous=journey.ambiguous_time, nonexistent=journey.nonexistent_time)
+    start = to_utc(
+        journey.start,
+        zone,
+        ambiguous=journey.ambiguous_time,
+        nonexistent=journey.nonexistent_time,
+    )
+    end = to_utc(
+        journey.end,
+        zone,
+        ambiguous=journey.ambiguous_time,
+        nonexistent=journey.nonexistent_time,
+    )
     body = dump(journey)
     existing = conn.execute(
         "SELECT j.id, j.version, j.status, v.definition FROM journeys j"
@@ -107,11 +123,18 @@ def go_live(conn: psycopg.Connection, journey: Journey) -> GoLiveResult:
             (journey.name, journey.timezone, start, end),
         ).fetchone()[0]  # type: ignore[index]
         _insert_version(conn, journey_id, 1, body)
-        return GoLiveResult(journey_id, 1, True, f"journey {journey.name!r} is live as version 1")
+        return GoLiveResult(
+            journey_id, 1, True, f"journey {journey.name!r} is live as version 1"
+        )
 
     journey_id, version, status, definition = existing
     if definition == body and status == "live":
-        return GoLiveResult(journey_id, version, False, f"journey {journey.name!r} version {version} is already live")
+        return GoLiveResult(
+            journey_id,
+            version,
+            False,
+            f"journey {journey.name!r} version {version} is already live",
+        )
     if definition != body:
         version += 1
         _insert_version(conn, journey_id, version, body)
@@ -120,10 +143,17 @@ def go_live(conn: psycopg.Connection, journey: Journey) -> GoLiveResult:
         " end_at = %s, ended_at = NULL WHERE id = %s",
         (version, journey.timezone, start, end, journey_id),
     )
-    return GoLiveResult(journey_id, version, True, f"journey {journey.name!r} is live as version {version}")
+    return GoLiveResult(
+        journey_id,
+        version,
+        True,
+        f"journey {journey.name!r} is live as version {version}",
+    )
 
 
-def _insert_version(conn: psycopg.Connection, journey_id: int, version: int, body: dict) -> None:
+def _insert_version(
+    conn: psycopg.Connection, journey_id: int, version: int, body: dict
+) -> None:
     conn.execute(
         "INSERT INTO journey_versions (journey_id, version, definition) VALUES (%s, %s, %s)",
         (journey_id, version, json.dumps(body)),
@@ -145,7 +175,9 @@ def journey_row(conn: psycopg.Connection, name: str) -> dict[str, Any]:
     return dict(zip([c.name for c in cursor.description or []], row, strict=True))
 
 
-def end_journey(conn: psycopg.Connection, journey_id: int, status: str, reason: str, now: datetime) -> int:
+def end_journey(
+    conn: psycopg.Connection, journey_id: int, status: str, reason: str, now: datetime
+) -> int:
     """Stop every contact still in the journey; return how many were stopped.
 
     The caller holds the transaction. Messages already on the queues find
@@ -166,7 +198,9 @@ def end_journey(conn: psycopg.Connection, journey_id: int, status: str, reason: 
         (reason, now, journey_id),
     ).rowcount
     conn.execute("DELETE FROM outbox WHERE journey_id = %s", (journey_id,))
-    logger.info("journey %s ended (%s): %d contacts stopped", journey_id, reason, stopped)
+    logger.info(
+        "journey %s ended (%s): %d contacts stopped", journey_id, reason, stopped
+    )
     return stopped
 
 

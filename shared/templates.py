@@ -68,7 +68,9 @@ class CompiledEmail:
             html = self.html.render(context)
             text = self.text.render(context) if self.text else html_to_text(html)
         except (UndefinedError, SecurityError) as error:
-            raise RenderError(f"email {self.name!r} cannot be rendered: {error}") from error
+            raise RenderError(
+                f"email {self.name!r} cannot be rendered: {error}"
+            ) from error
         return RenderedEmail(subject=subject, html=html, text=text)
 
 
@@ -101,11 +103,16 @@ def check_email_templates(
             tree = env.parse(source)
         except TemplateSyntaxError as error:
             problems.append(
-                TemplateProblem(part, f"template syntax error on line {error.lineno}: {error.message}")
+                TemplateProblem(
+                    part,
+                    f"template syntax error on line {error.lineno}: {error.message}",
+                )
             )
             continue
         problems.extend(_check_tree(part, tree, known_contact_fields))
-        used_content[part] = {attribute for root, attribute, _ in _attributes(tree) if root == "content"}
+        used_content[part] = {
+            attribute for root, attribute, _ in _attributes(tree) if root == "content"
+        }
 
     if email.status == "live":
         problems.extend(_check_required_links(used_content))
@@ -118,12 +125,14 @@ def _check_tree(
     for name in sorted(meta.find_undeclared_variables(tree) - set(ROOT_NAMES)):
         hint = _did_you_mean(name, ROOT_NAMES)
         yield TemplateProblem(
-            part, f"unknown name {name!r}{hint}; templates can use 'contact' and 'content'"
+            part,
+            f"unknown name {name!r}{hint}; templates can use 'contact' and 'content'",
         )
     for root, attribute, guarded in _attributes(tree):
         if attribute.startswith("_"):
             yield TemplateProblem(
-                part, f"'{root}.{attribute}' is not allowed: templates cannot reach Python internals"
+                part,
+                f"'{root}.{attribute}' is not allowed: templates cannot reach Python internals",
             )
         elif root == "content" and attribute not in CONTENT_FIELDS:
             hint = _did_you_mean(attribute, CONTENT_FIELDS)
@@ -138,7 +147,8 @@ def _check_tree(
                 yield TemplateProblem(
                     part,
                     f"unknown contact field {attribute!r}{hint}; import contacts with "
-                    "that column, or write {{ contact." + attribute
+                    "that column, or write {{ contact."
+                    + attribute
                     + ' | default("...") }}',
                 )
 
@@ -168,15 +178,16 @@ def _attributes(tree: nodes.Template) -> Iterator[tuple[str, str, bool]]:
         if node.name in GUARDING_FILTERS or node.name == "defined":
             guarded.add(id(node.node))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if not isinstance(node.node, nodes.Name) or node.node.name not in ROOT_NAMES:
-            continue
         if isinstance(node, nodes.Getattr):
             attribute = node.attr
         elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
             attribute = node.arg.value
         else:
             continue
-        yield node.node.name, attribute, id(node) in guarded
+        if isinstance(node.node, nodes.Name) and node.node.name in ROOT_NAMES:
+            yield node.node.name, attribute, id(node) in guarded
+        elif attribute.startswith("_"):
+            yield "value", attribute, False
 
 
 def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:

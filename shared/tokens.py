@@ -34,11 +34,17 @@ def sign(secret: bytes, purpose: str, journey_id: int, contact: int) -> str:
 
 def verify(secret: bytes, token: str) -> TokenClaims:
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.b64decode(
+            token + "=" * (-len(token) % 4), altchars=b"-_", validate=True
+        )
     except ValueError as error:
         raise InvalidToken("token is not valid base64url") from error
+    if _encode(raw) != token:
+        raise InvalidToken("token is not in its canonical form")
     if len(raw) != _PAYLOAD.size + _SIGNATURE_BYTES:
-        raise InvalidToken(f"token has {len(raw)} bytes, expected {_PAYLOAD.size + _SIGNATURE_BYTES}")
+        raise InvalidToken(
+            f"token has {len(raw)} bytes, expected {_PAYLOAD.size + _SIGNATURE_BYTES}"
+        )
 
     payload, signature = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
     if not hmac.compare_digest(signature, _signature(secret, payload)):
@@ -46,7 +52,9 @@ def verify(secret: bytes, token: str) -> TokenClaims:
     version, purpose_code, journey_id, contact = _PAYLOAD.unpack(payload)
     purposes = {code: name for name, code in PURPOSES.items()}
     if version != _VERSION or purpose_code not in purposes:
-        raise InvalidToken(f"token version {version} or purpose {purpose_code} is unknown")
+        raise InvalidToken(
+            f"token version {version} or purpose {purpose_code} is unknown"
+        )
     return TokenClaims(purposes[purpose_code], journey_id, contact)
 
 

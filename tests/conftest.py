@@ -19,12 +19,14 @@ import pytest
 os.environ["JOURNEYS_BROKER_URL"] = "stub://"
 os.environ.setdefault("JOURNEYS_SECRET_KEY", "test-secret-key")
 
-from services.embedded.sink import SmtpSink  # noqa: E402
-from shared.config import get_settings  # noqa: E402
-from shared.db import close_pool, migrate  # noqa: E402
-from tests.support import TABLES, Processes  # noqa: E402
+from services.embedded.sink import SmtpSink
+from shared.config import get_settings
+from shared.db import close_pool, migrate
+from tests.support import TABLES, Processes
 
-ADMIN_URL = os.environ.get("JOURNEYS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "JOURNEYS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 RABBITMQ_HOST = os.environ.get("JOURNEYS_TEST_RABBITMQ", "127.0.0.1:5672")
 
 
@@ -43,7 +45,9 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[psycopg.Connection]:
+def db(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[psycopg.Connection]:
     """An empty database for one test, and this process's settings pointing at it."""
     monkeypatch.setenv("JOURNEYS_DATABASE_URL", database_url)
     get_settings.cache_clear()
@@ -65,7 +69,9 @@ def rabbitmq_url() -> Iterator[str]:
 
 
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -77,7 +83,11 @@ def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
 
 @pytest.fixture
 def processes(
-    db: psycopg.Connection, database_url: str, rabbitmq_url: str, smtp_sink: SmtpSink, tmp_path: Path
+    db: psycopg.Connection,
+    database_url: str,
+    rabbitmq_url: str,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
 ) -> Iterator[Processes]:
     """Starts workers and coordinators against this test's database, virtual
     host and SMTP sink; stops them all when the test ends."""

@@ -23,8 +23,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = (
-    "contacts", "contact_fields", "definitions", "journey_versions", "journeys",
-    "entries", "steps", "outbox", "sends",
+    "contacts",
+    "contact_fields",
+    "definitions",
+    "journey_versions",
+    "journeys",
+    "entries",
+    "steps",
+    "outbox",
+    "sends",
 )
 TILE_QUEUES = ("tile.audience", "tile.email", "tile.exit")
 
@@ -34,7 +41,12 @@ HTML = (
 )
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -73,26 +85,49 @@ def write_definitions(
     emails = emails if emails is not None else {"hello": "live"}
     documents: list[dict[str, Any]] = [
         {
-            "kind": "content-settings", "name": "default", "status": "live",
+            "kind": "content-settings",
+            "name": "default",
+            "status": "live",
             "sender": "Test Sender <news@sender.example.com>",
             "postal_address": "Teststraße 1, 10115 Berlin",
             "subscription_center_url": "https://prefs.example.com/unsubscribe",
         },
-        {"kind": "segment", "name": "audience", "status": "live", **(segment or {"where": []})},
+        {
+            "kind": "segment",
+            "name": "audience",
+            "status": "live",
+            **(segment or {"where": []}),
+        },
     ]
     for name, email_status in emails.items():
-        documents.append({
-            "kind": "email", "name": name, "status": email_status,
-            "subject": "Hello {{ contact.firstname }}", "html": HTML,
-        })
-    documents.append({
-        "kind": "journey", "name": journey, "status": status, "start": start, "end": end,
-        "timezone": timezone, "content_settings": "default", "audience": {"segment": "audience"},
-        "tiles": tiles or [{"id": "send-hello", "type": "email", "email": "hello"}],
-    })
+        documents.append(
+            {
+                "kind": "email",
+                "name": name,
+                "status": email_status,
+                "subject": "Hello {{ contact.firstname }}",
+                "html": HTML,
+            }
+        )
+    documents.append(
+        {
+            "kind": "journey",
+            "name": journey,
+            "status": status,
+            "start": start,
+            "end": end,
+            "timezone": timezone,
+            "content_settings": "default",
+            "audience": {"segment": "audience"},
+            "tiles": tiles or [{"id": "send-hello", "type": "email", "email": "hello"}],
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{journey}.yaml"
-    path.write_text(yaml.safe_dump_all(documents, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump_all(documents, allow_unicode=True, sort_keys=False),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -110,13 +145,20 @@ def write_contacts(path: Path, rows: Iterable[dict[str, str]]) -> Path:
 
 def simple_contacts(count: int, prefix: str = "c") -> list[dict[str, str]]:
     return [
-        {"contact_id": f"{prefix}{n}", "email": f"{prefix}{n}@example.com", "firstname": f"Name{n}"}
+        {
+            "contact_id": f"{prefix}{n}",
+            "email": f"{prefix}{n}@example.com",
+            "firstname": f"Name{n}",
+        }
         for n in range(1, count + 1)
     ]
 
 
 def recipients(sink: Any) -> list[str]:
-    return [str(message["To"].addresses[0].addr_spec).lower() for message in sink.handler.parsed()]
+    return [
+        str(message["To"].addresses[0].addr_spec).lower()
+        for message in sink.handler.parsed()
+    ]
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -148,7 +190,9 @@ class Processes:
         self.started: list[subprocess.Popen] = []
         self.metrics_ports: dict[int, int] = {}
 
-    def _start(self, role: str, args: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
+    def _start(
+        self, role: str, args: list[str], extra_env: dict[str, str]
+    ) -> subprocess.Popen:
         with open(self.logs / f"{role}-{len(self.started)}.log", "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", *args],
@@ -174,7 +218,11 @@ class Processes:
 
     def start_coordinator(self) -> subprocess.Popen:
         port = free_port()
-        process = self._start("coordinator", ["coordinator"], {"JOURNEYS_COORDINATOR_METRICS_PORT": str(port)})
+        process = self._start(
+            "coordinator",
+            ["coordinator"],
+            {"JOURNEYS_COORDINATOR_METRICS_PORT": str(port)},
+        )
         self.metrics_ports[process.pid] = port
         return process
 
@@ -203,7 +251,10 @@ class Processes:
                 pass
 
     def log_text(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-4000:] for path in sorted(self.logs.glob("*.log")))
+        return "\n".join(
+            path.read_text(errors="replace")[-4000:]
+            for path in sorted(self.logs.glob("*.log"))
+        )
 
     def _channel(self) -> tuple[pika.BlockingConnection, Any]:
         # A passive declare of a queue that does not exist yet closes the
@@ -233,7 +284,9 @@ class Processes:
         finally:
             connection.close()
 
-    def publish(self, queue: str, actor: str, payloads: Iterable[dict[str, Any]]) -> int:
+    def publish(
+        self, queue: str, actor: str, payloads: Iterable[dict[str, Any]]
+    ) -> int:
         """Publish Dramatiq messages the way a producer in another language does."""
         connection, channel = self._channel()
         count = 0
@@ -241,12 +294,19 @@ class Processes:
             channel.confirm_delivery()
             for payload in payloads:
                 body = {
-                    "queue_name": queue, "actor_name": actor, "args": [payload], "kwargs": {},
-                    "options": {}, "message_id": str(uuid.uuid4()),
+                    "queue_name": queue,
+                    "actor_name": actor,
+                    "args": [payload],
+                    "kwargs": {},
+                    "options": {},
+                    "message_id": str(uuid.uuid4()),
                     "message_timestamp": int(time.time() * 1000),
                 }
                 channel.basic_publish(
-                    "", queue, json.dumps(body).encode(), pika.BasicProperties(delivery_mode=2)
+                    "",
+                    queue,
+                    json.dumps(body).encode(),
+                    pika.BasicProperties(delivery_mode=2),
                 )
                 count += 1
         finally:
@@ -256,6 +316,7 @@ class Processes:
 
 def step_counts(conn: psycopg.Connection, tile: str) -> dict[str, int]:
     rows = conn.execute(
-        "SELECT coalesce(outcome, state), count(*) FROM steps WHERE tile = %s GROUP BY 1", (tile,)
+        "SELECT coalesce(outcome, state), count(*) FROM steps WHERE tile = %s GROUP BY 1",
+        (tile,),
     ).fetchall()
     return {key: int(value) for key, value in rows}

@@ -34,12 +34,18 @@ app.add_typer(contacts_app, name="contacts")
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
-Paths = Annotated[list[Path], typer.Argument(help="Definition files or folders (YAML or JSON).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+Paths = Annotated[
+    list[Path], typer.Argument(help="Definition files or folders (YAML or JSON).")
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")
+]
 
 
 def _setup_logging(level: int = logging.WARNING) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _connect() -> psycopg.Connection:
@@ -47,7 +53,9 @@ def _connect() -> psycopg.Connection:
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as error:
-        errors.print(f"[red]cannot connect to PostgreSQL[/red] at JOURNEYS_DATABASE_URL: {error}")
+        errors.print(
+            f"[red]cannot connect to PostgreSQL[/red] at JOURNEYS_DATABASE_URL: {error}"
+        )
         raise typer.Exit(2) from error
     apply_migrations(url)
     return conn
@@ -80,7 +88,9 @@ def check_command(paths: Paths, as_json: AsJson = False) -> None:
 def _try_connect() -> psycopg.Connection | None:
     """Connect for a check when the database answers; a check also works offline."""
     try:
-        conn = psycopg.connect(get_settings().database_url, autocommit=True, connect_timeout=3)
+        conn = psycopg.connect(
+            get_settings().database_url, autocommit=True, connect_timeout=3
+        )
     except psycopg.OperationalError:
         return None
     apply_migrations(get_settings().database_url)
@@ -109,12 +119,17 @@ def stop(name: str) -> None:
         if journey["status"] != "live":
             console.print(f"journey {name!r} is already {journey['status']}")
             return
-        stopped = end_journey(conn, journey["id"], "stopped", "journey_stopped", clock.now())
+        stopped = end_journey(
+            conn, journey["id"], "stopped", "journey_stopped", clock.now()
+        )
     console.print(f"journey {name!r} stopped; {stopped} contacts were still inside it")
 
 
 @app.command()
-def withdraw(kind: Annotated[str, typer.Argument(help="email, segment or content-settings")], name: str) -> None:
+def withdraw(
+    kind: Annotated[str, typer.Argument(help="email, segment or content-settings")],
+    name: str,
+) -> None:
     """Take a published email, segment or content settings back to draft."""
     with _connect() as conn:
         changed = conn.execute(
@@ -126,7 +141,9 @@ def withdraw(kind: Annotated[str, typer.Argument(help="email, segment or content
     if not changed:
         errors.print(f"{kind} {name!r} not found or not published")
         raise typer.Exit(1)
-    console.print(f"{kind} {name!r} withdrawn; tiles that use it now fail instead of sending")
+    console.print(
+        f"{kind} {name!r} withdrawn; tiles that use it now fail instead of sending"
+    )
 
 
 @app.command()
@@ -156,7 +173,9 @@ def _journey_or_exit(conn, name, journey_row):  # type: ignore[no-untyped-def]
 def migrate() -> None:
     """Apply the database schema migrations that are not applied yet."""
     applied = apply_migrations(get_settings().database_url)
-    console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema is up to date'}")
+    console.print(
+        f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema is up to date'}"
+    )
 
 
 @contacts_app.command(name="import")
@@ -170,7 +189,9 @@ def import_command(file: Path) -> None:
         raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def worker(ctx: typer.Context) -> None:
     """Run the tile actors as Dramatiq worker processes.
 
@@ -214,9 +235,18 @@ def coordinator() -> None:
 @app.command()
 def run(
     paths: Paths,
-    contacts: Annotated[Path, typer.Option("--contacts", help="CSV file of contacts to import first.")],
-    outbox: Annotated[Path, typer.Option("--outbox", help="Folder that receives every sent email as an .eml file.")],
-    data: Annotated[Path, typer.Option(help="Folder of the embedded PostgreSQL's data.")] = Path(".journeys/pgdata"),
+    contacts: Annotated[
+        Path, typer.Option("--contacts", help="CSV file of contacts to import first.")
+    ],
+    outbox: Annotated[
+        Path,
+        typer.Option(
+            "--outbox", help="Folder that receives every sent email as an .eml file."
+        ),
+    ],
+    data: Annotated[
+        Path, typer.Option(help="Folder of the embedded PostgreSQL's data.")
+    ] = Path(".journeys/pgdata"),
     threads: Annotated[int, typer.Option(help="Worker threads.")] = 8,
 ) -> None:
     """Run a journey in one process, with nothing else installed.
@@ -227,7 +257,14 @@ def run(
     from services.embedded.run import run_embedded
 
     _setup_logging()
-    code = run_embedded(console, paths, contacts_file=contacts, outbox=outbox, data_dir=data, threads=threads)
+    code = run_embedded(
+        console,
+        paths,
+        contacts_file=contacts,
+        outbox=outbox,
+        data_dir=data,
+        threads=threads,
+    )
     raise typer.Exit(code)
 
 

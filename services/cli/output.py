@@ -9,7 +9,13 @@ from typing import Any
 
 import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from shared.contacts import ImportReport, import_contacts
@@ -20,29 +26,42 @@ from shared.store import COUNT_NAMES, EMAIL_COUNT_NAMES
 MAX_BAD_ROWS_SHOWN = 50
 
 
-def print_outcome(console: Console, outcome: Outcome, *, as_json: bool, checked_database: bool) -> None:
+def print_outcome(
+    console: Console, outcome: Outcome, *, as_json: bool, checked_database: bool
+) -> None:
     if as_json:
-        print(json.dumps({
-            "problems": [p.as_dict() for p in outcome.problems],
-            "errors": len(outcome.errors),
-            "published": outcome.published,
-            "journeys": [r.message for r in outcome.journeys],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "problems": [p.as_dict() for p in outcome.problems],
+                    "errors": len(outcome.errors),
+                    "published": outcome.published,
+                    "journeys": [r.message for r in outcome.journeys],
+                },
+                indent=2,
+            )
+        )
         return
     for problem in outcome.problems:
         colour = "red" if problem.severity == "error" else "yellow"
-        console.print(f"[{colour}]{problem}[/{colour}]", highlight=False, soft_wrap=True)
+        console.print(
+            f"[{colour}]{problem}[/{colour}]", highlight=False, soft_wrap=True
+        )
     for line in outcome.published:
         console.print(f"published {line}")
     for result in outcome.journeys:
         console.print(f"[green]{result.message}[/green]")
     warnings = len(outcome.problems) - len(outcome.errors)
     if not checked_database:
-        console.print("database not reachable: references were checked against these files only")
+        console.print(
+            "database not reachable: references were checked against these files only"
+        )
     console.print(f"{len(outcome.errors)} error(s), {warnings} warning(s)")
 
 
-def status_payload(journey: dict[str, Any], tiles: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+def status_payload(
+    journey: dict[str, Any], tiles: list[dict[str, Any]], now: datetime
+) -> dict[str, Any]:
     shown = journey["status"]
     if shown == "live" and now < journey["start_at"]:
         shown = "scheduled"
@@ -68,30 +87,48 @@ def print_status(console: Console, payload: dict[str, Any]) -> None:
     for name in (*COUNT_NAMES, *EMAIL_COUNT_NAMES):
         table.add_column(name.replace("_", " "), justify="right")
     for tile in payload["tiles"]:
-        values = [str(tile.get(name, "")) for name in (*COUNT_NAMES, *EMAIL_COUNT_NAMES)]
+        values = [
+            str(tile.get(name, "")) for name in (*COUNT_NAMES, *EMAIL_COUNT_NAMES)
+        ]
         table.add_row(tile["id"], tile["type"], *values)
     console.print(table)
 
 
-def import_with_progress(console: Console, conn: psycopg.Connection, file: Path) -> ImportReport | None:
+def import_with_progress(
+    console: Console, conn: psycopg.Connection, file: Path
+) -> ImportReport | None:
     """Import a contacts file with a progress bar; print the bad rows."""
     try:
         size = file.stat().st_size
     except OSError as error:
         console.print(f"[red]cannot read {file}: {error}[/red]")
         return None
-    columns = (TextColumn("importing {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("importing {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(file.name, total=size)
         try:
-            report = import_contacts(conn, file, on_progress=lambda done: progress.update(task, completed=done))
+            report = import_contacts(
+                conn,
+                file,
+                on_progress=lambda done: progress.update(task, completed=done),
+            )
         except ContactImportError as error:
             console.print(f"[red]{error}[/red]")
             return None
     for bad in report.bad_rows[:MAX_BAD_ROWS_SHOWN]:
-        console.print(f"[yellow]{file}:{bad.line}: skipped: {bad.reason}[/yellow]", highlight=False)
+        console.print(
+            f"[yellow]{file}:{bad.line}: skipped: {bad.reason}[/yellow]",
+            highlight=False,
+        )
     if len(report.bad_rows) > MAX_BAD_ROWS_SHOWN:
-        console.print(f"... and {len(report.bad_rows) - MAX_BAD_ROWS_SHOWN} more bad rows")
+        console.print(
+            f"... and {len(report.bad_rows) - MAX_BAD_ROWS_SHOWN} more bad rows"
+        )
     console.print(
         f"contacts: {report.inserted} new, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.bad_rows)} bad rows skipped"

@@ -48,7 +48,9 @@ class CoordinatorState:
 state = CoordinatorState()
 
 
-def tick(settings: Settings | None = None, now: datetime | None = None, max_pages: int = 20) -> TickReport:
+def tick(
+    settings: Settings | None = None, now: datetime | None = None, max_pages: int = 20
+) -> TickReport:
     settings = settings or get_settings()
     now = now or clock.now()
     report = TickReport()
@@ -64,7 +66,9 @@ def tick(settings: Settings | None = None, now: datetime | None = None, max_page
     return report
 
 
-def run_forever(stop: threading.Event | None = None, settings: Settings | None = None) -> None:
+def run_forever(
+    stop: threading.Event | None = None, settings: Settings | None = None
+) -> None:
     settings = settings or get_settings()
     stop = stop or threading.Event()
     logger.info("coordinator started, ticking every %.1f s", settings.tick_seconds)
@@ -78,7 +82,9 @@ def run_forever(stop: threading.Event | None = None, settings: Settings | None =
             if report.fed or report.ended or report.republished:
                 logger.info(
                     "tick: %d contacts fed, %d journeys ended, %d outbox rows republished",
-                    report.fed, report.ended, report.republished,
+                    report.fed,
+                    report.ended,
+                    report.republished,
                 )
             if not report.feeding_done:
                 continue  # more members are waiting: feed again without sleeping
@@ -111,7 +117,11 @@ def _journeys_in_window(conn: psycopg.Connection, now: datetime) -> list[int]:
 
 
 def feed_journey(
-    conn: psycopg.Connection, journey_id: int, now: datetime, settings: Settings, max_pages: int
+    conn: psycopg.Connection,
+    journey_id: int,
+    now: datetime,
+    settings: Settings,
+    max_pages: int,
 ) -> tuple[int, bool]:
     """Enter new segment members into the journey, a page per transaction.
 
@@ -149,7 +159,11 @@ def _feed_page(
     version, after_at, after_id, segment_name = journey
     segment = _load_segment(conn, segment_name)
     if segment is None:
-        logger.warning("journey %s: segment %r is not published; nothing fed", journey_id, segment_name)
+        logger.warning(
+            "journey %s: segment %r is not published; nothing fed",
+            journey_id,
+            segment_name,
+        )
         return None
 
     members = conn.execute(
@@ -195,7 +209,9 @@ def _load_segment(conn: psycopg.Connection, name: str) -> Segment | None:
     return Segment.model_validate(row[0]) if row else None
 
 
-def republish_outbox(conn: psycopg.Connection, older_than_seconds: float, limit: int = 5000) -> int:
+def republish_outbox(
+    conn: psycopg.Connection, older_than_seconds: float, limit: int = 5000
+) -> int:
     """Publish outbox rows that their writer did not, for example after a crash."""
     with conn.transaction():
         rows = conn.execute(

@@ -36,9 +36,13 @@ class JourneyCollector(Collector):
             labels=[*_LABELS, "result"],
         )
         journeys = GaugeMetricFamily(
-            "journeys_journey_info", "1 for each journey, labelled by its status.", labels=["journey", "status"]
+            "journeys_journey_info",
+            "1 for each journey, labelled by its status.",
+            labels=["journey", "status"],
         )
-        outbox = GaugeMetricFamily("journeys_outbox_rows", "Outbox rows not yet published.")
+        outbox = GaugeMetricFamily(
+            "journeys_outbox_rows", "Outbox rows not yet published."
+        )
         try:
             self._fill(entered, contacts, emails, journeys, outbox)
         except psycopg.Error as error:
@@ -51,12 +55,16 @@ class JourneyCollector(Collector):
             value=state.last_tick,
         )
         yield GaugeMetricFamily(
-            "journeys_coordinator_scrape_timestamp_seconds", "Unix time of this scrape.", value=time.time()
+            "journeys_coordinator_scrape_timestamp_seconds",
+            "Unix time of this scrape.",
+            value=time.time(),
         )
 
     def _fill(self, entered, contacts, emails, journeys, outbox) -> None:  # type: ignore[no-untyped-def]
         with get_pool().connection() as conn:
-            for journey_id, name, status in conn.execute("SELECT id, name, status FROM journeys ORDER BY id"):
+            for journey_id, name, status in conn.execute(
+                "SELECT id, name, status FROM journeys ORDER BY id"
+            ):
                 journeys.add_metric([name, status], 1)
                 for tile in tile_counts(conn, journey_id):
                     labels = [name, tile["id"], tile["type"]]

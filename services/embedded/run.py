@@ -12,9 +12,20 @@ from pathlib import Path
 
 import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
-from services.cli.output import import_with_progress, print_outcome, print_status, status_payload
+from services.cli.output import (
+    import_with_progress,
+    print_outcome,
+    print_status,
+    status_payload,
+)
 from services.embedded.sink import SmtpSink
 from shared import clock
 from shared.config import get_settings
@@ -56,7 +67,13 @@ def run_embedded(
         sink.stop()
 
 
-def _run(console: Console, paths: Sequence[Path], contacts_file: Path, threads: int, sink: SmtpSink) -> int:
+def _run(
+    console: Console,
+    paths: Sequence[Path],
+    contacts_file: Path,
+    threads: int,
+    sink: SmtpSink,
+) -> int:
     import dramatiq
 
     from services.tiles.actors import broker
@@ -80,16 +97,25 @@ def _run(console: Console, paths: Sequence[Path], contacts_file: Path, threads: 
     finally:
         worker.stop()
         close_pool()
-    console.print(f"{len(sink.handler.messages)} emails accepted by the SMTP sink this run")
+    console.print(
+        f"{len(sink.handler.messages)} emails accepted by the SMTP sink this run"
+    )
     return 0
 
 
-def _process_until_idle(console: Console, conn: psycopg.Connection, journey_ids: list[int]) -> None:
+def _process_until_idle(
+    console: Console, conn: psycopg.Connection, journey_ids: list[int]
+) -> None:
     """Tick the coordinator until every journey in its window has fed all
     members and no contact is in flight."""
     from services.coordinator.loop import tick
 
-    columns = (TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("processing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("contacts", total=None)
         while True:
@@ -101,7 +127,9 @@ def _process_until_idle(console: Console, conn: psycopg.Connection, journey_ids:
             time.sleep(POLL_SECONDS)
 
 
-def _progress_counts(conn: psycopg.Connection, journey_ids: list[int]) -> tuple[int, int]:
+def _progress_counts(
+    conn: psycopg.Connection, journey_ids: list[int]
+) -> tuple[int, int]:
     row = conn.execute(
         "SELECT (SELECT count(*) FROM entries WHERE journey_id = ANY(%s)),"
         " (SELECT count(*) FROM entries WHERE journey_id = ANY(%s) AND state = 'in_progress')",
@@ -110,7 +138,9 @@ def _progress_counts(conn: psycopg.Connection, journey_ids: list[int]) -> tuple[
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def _print_results(console: Console, conn: psycopg.Connection, journey_ids: list[int]) -> None:
+def _print_results(
+    console: Console, conn: psycopg.Connection, journey_ids: list[int]
+) -> None:
     from shared.store import tile_counts
 
     for journey_id in journey_ids:
@@ -120,8 +150,18 @@ def _print_results(console: Console, conn: psycopg.Connection, journey_ids: list
         ).fetchone()
         if row is None:
             continue
-        journey = dict(zip(("id", "name", "status", "version", "timezone", "start_at", "end_at"), row, strict=True))
+        journey = dict(
+            zip(
+                ("id", "name", "status", "version", "timezone", "start_at", "end_at"),
+                row,
+                strict=True,
+            )
+        )
         now = clock.now()
         if now < journey["start_at"]:
-            console.print(f"journey {journey['name']!r} starts at {journey['start_at']:%Y-%m-%d %H:%M}Z; nothing is processed before then")
-        print_status(console, status_payload(journey, tile_counts(conn, journey_id), now))
+            console.print(
+                f"journey {journey['name']!r} starts at {journey['start_at']:%Y-%m-%d %H:%M}Z; nothing is processed before then"
+            )
+        print_status(
+            console, status_payload(journey, tile_counts(conn, journey_id), now)
+        )

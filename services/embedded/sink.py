@@ -54,11 +54,18 @@ class SinkHandler:
 class SmtpSink:
     """Start with `start()`; `port` then holds the port the server listens on."""
 
-    def __init__(self, folder: Path | None = None, choose_reply: ReplyChooser | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        folder: Path | None = None,
+        choose_reply: ReplyChooser | None = None,
+        port: int = 0,
+    ) -> None:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         self.handler = SinkHandler(folder=folder, choose_reply=choose_reply)
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=port or _free_port())
+        self._controller = Controller(
+            self.handler, hostname="127.0.0.1", port=port or _free_port()
+        )
         self.port = self._controller.port
 
     def start(self) -> SmtpSink:

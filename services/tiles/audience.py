@@ -35,7 +35,9 @@ def run_audience(message: ContactMessage) -> None:
             plan = load_plan(conn, message.journey_id, message.version)
             gate = journey_gate(conn, message.journey_id, now)
             if gate is not None:
-                stopped = stop_contacts(conn, message.journey_id, message.tile, message.contacts, gate, now)
+                stopped = stop_contacts(
+                    conn, message.journey_id, message.tile, message.contacts, gate, now
+                )
                 claimed: list[int] = []
             else:
                 stopped = []
@@ -47,7 +49,10 @@ def run_audience(message: ContactMessage) -> None:
     count_outcome(plan.name, message.tile, "stopped", len(stopped))
     logger.debug(
         "journey %s audience: %d entered, %d stopped, %d already done",
-        plan.name, len(claimed), len(stopped), len(message.contacts) - len(claimed) - len(stopped),
+        plan.name,
+        len(claimed),
+        len(stopped),
+        len(message.contacts) - len(claimed) - len(stopped),
     )
 
 

@@ -104,7 +104,9 @@ def load_plan(conn: psycopg.Connection, journey_id: int, version: int) -> Journe
     return plan
 
 
-def _build_plan(journey_id: int, name: str, version: int, definition: Journey) -> JourneyPlan:
+def _build_plan(
+    journey_id: int, name: str, version: int, definition: Journey
+) -> JourneyPlan:
     tiles = walk_tiles(definition.tiles)
     order = [AUDIENCE_TILE, *(tile.id for tile in tiles)]
     next_tiles: dict[str, str | None] = {}
@@ -115,11 +117,18 @@ def _build_plan(journey_id: int, name: str, version: int, definition: Journey) -
         if tile.type == "exit":
             next_tiles[tile.id] = None
     return JourneyPlan(
-        journey_id, name, version, definition, {tile.id: tile for tile in tiles}, next_tiles
+        journey_id,
+        name,
+        version,
+        definition,
+        {tile.id: tile for tile in tiles},
+        next_tiles,
     )
 
 
-def journey_gate(conn: psycopg.Connection, journey_id: int, now: datetime) -> str | None:
+def journey_gate(
+    conn: psycopg.Connection, journey_id: int, now: datetime
+) -> str | None:
     """Return why the journey takes no more work now, or None when it is open."""
     row = conn.execute(
         "SELECT status, end_at FROM journeys WHERE id = %s", (journey_id,)
@@ -135,7 +144,12 @@ def journey_gate(conn: psycopg.Connection, journey_id: int, now: datetime) -> st
 
 
 def stop_contacts(
-    conn: psycopg.Connection, journey_id: int, tile: str, contacts: Sequence[int], reason: str, now: datetime
+    conn: psycopg.Connection,
+    journey_id: int,
+    tile: str,
+    contacts: Sequence[int],
+    reason: str,
+    now: datetime,
 ) -> list[int]:
     """Mark the contacts' steps at this tile stopped; return those it changed."""
     rows = conn.execute(
@@ -150,7 +164,12 @@ def stop_contacts(
 
 
 def leave_journey(
-    conn: psycopg.Connection, journey_id: int, contacts: Sequence[int], state: str, reason: str | None, now: datetime
+    conn: psycopg.Connection,
+    journey_id: int,
+    contacts: Sequence[int],
+    state: str,
+    reason: str | None,
+    now: datetime,
 ) -> None:
     if contacts:
         conn.execute(
@@ -161,7 +180,11 @@ def leave_journey(
 
 
 def hand_on(
-    conn: psycopg.Connection, plan: JourneyPlan, from_tile: str, contacts: Sequence[int], now: datetime
+    conn: psycopg.Connection,
+    plan: JourneyPlan,
+    from_tile: str,
+    contacts: Sequence[int],
+    now: datetime,
 ) -> list[tuple]:
     """Move contacts from a tile to the next one inside the caller's transaction.
 
@@ -179,7 +202,12 @@ def hand_on(
 
 
 def enqueue_step(
-    conn: psycopg.Connection, journey_id: int, version: int, tile: str, contacts: Sequence[int], now: datetime
+    conn: psycopg.Connection,
+    journey_id: int,
+    version: int,
+    tile: str,
+    contacts: Sequence[int],
+    now: datetime,
 ) -> list[tuple]:
     """Create in-progress steps at `tile` and their outbox rows; skip contacts
     that already have a step there."""
@@ -220,7 +248,10 @@ def publish_outbox(conn: psycopg.Connection, rows: Sequence[tuple]) -> int:
         for start in range(0, len(items), per_message):
             chunk = items[start : start + per_message]
             payload = ContactMessage(
-                journey_id=journey_id, version=version, tile=tile, contacts=[c for _, c in chunk]
+                journey_id=journey_id,
+                version=version,
+                tile=tile,
+                contacts=[c for _, c in chunk],
             )
             actor.send(payload.model_dump())
             sent += 1
@@ -228,7 +259,9 @@ def publish_outbox(conn: psycopg.Connection, rows: Sequence[tuple]) -> int:
     return sent
 
 
-def claim_steps(conn: psycopg.Connection, message: ContactMessage, now: datetime) -> list[int]:
+def claim_steps(
+    conn: psycopg.Connection, message: ContactMessage, now: datetime
+) -> list[int]:
     """Complete the in-progress steps of the message's contacts at its tile.
 
     Returns only the contacts this call completed: a redelivered or duplicate

@@ -119,12 +119,21 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> dict[Result, int]
 
 
 def _process_contact(
-    conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int, final_attempt: bool
+    conn: psycopg.Connection,
+    plan: JourneyPlan,
+    tile: str,
+    contact: int,
+    final_attempt: bool,
 ) -> Result:
     lock = (plan.journey_id, contact % _LOCK_SPACE)
     locked = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
     if not locked or not locked[0]:
-        logger.info("journey %s tile %s contact %s: send in flight elsewhere, retrying later", plan.name, tile, contact)
+        logger.info(
+            "journey %s tile %s contact %s: send in flight elsewhere, retrying later",
+            plan.name,
+            tile,
+            contact,
+        )
         return Result.DEFERRED
     try:
         prepared, result = _claim(conn, plan, tile, contact)
@@ -157,13 +166,27 @@ def _claim(
             (plan.journey_id, tile, contact),
         ).fetchone()
         if previous is not None and previous[0] in ("sending", "unconfirmed"):
-            _finish(conn, plan, tile, contact, now, "failed", "unconfirmed", "send outcome unknown after a crash")
+            _finish(
+                conn,
+                plan,
+                tile,
+                contact,
+                now,
+                "failed",
+                "unconfirmed",
+                "send outcome unknown after a crash",
+            )
             conn.execute(
                 "UPDATE sends SET state = 'unconfirmed', finished_at = %s"
                 " WHERE journey_id = %s AND tile = %s AND contact = %s",
                 (now, plan.journey_id, tile, contact),
             )
-            logger.warning("journey %s tile %s contact %s: send unconfirmed, not resent", plan.name, tile, contact)
+            logger.warning(
+                "journey %s tile %s contact %s: send unconfirmed, not resent",
+                plan.name,
+                tile,
+                contact,
+            )
             return None, Result.UNCONFIRMED
 
         prepared, reason = _prepare(conn, plan, tile, contact)
@@ -173,10 +196,19 @@ def _claim(
             inserted = conn.execute(
                 "INSERT INTO sends (journey_id, tile, contact, address, state, message_id, started_at)"
                 " VALUES (%s, %s, %s, %s, 'sending', %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                (plan.journey_id, tile, contact, prepared.address, prepared.message_id, now),
+                (
+                    plan.journey_id,
+                    tile,
+                    contact,
+                    prepared.address,
+                    prepared.message_id,
+                    now,
+                ),
             ).fetchone()
             if inserted is None:
-                return None, _refuse(conn, plan, tile, contact, now, "duplicate_address")
+                return None, _refuse(
+                    conn, plan, tile, contact, now, "duplicate_address"
+                )
         else:
             conn.execute(
                 "UPDATE sends SET state = 'sending', attempts = attempts + 1, message_id = %s,"
@@ -186,12 +218,30 @@ def _claim(
     return prepared, Result.SENT
 
 
-def _refuse(conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int, now: datetime, reason: str) -> Result:
+def _refuse(
+    conn: psycopg.Connection,
+    plan: JourneyPlan,
+    tile: str,
+    contact: int,
+    now: datetime,
+    reason: str,
+) -> Result:
     """Record why a contact gets no email: blocked for consent or address,
     failed when the email itself cannot be sent."""
     if reason.startswith("failed:"):
-        _finish(conn, plan, tile, contact, now, "failed", None, reason.removeprefix("failed:"))
-        logger.warning("journey %s tile %s contact %s: %s", plan.name, tile, contact, reason)
+        _finish(
+            conn,
+            plan,
+            tile,
+            contact,
+            now,
+            "failed",
+            None,
+            reason.removeprefix("failed:"),
+        )
+        logger.warning(
+            "journey %s tile %s contact %s: %s", plan.name, tile, contact, reason
+        )
         return Result.FAILED
     _finish(conn, plan, tile, contact, now, "completed", "blocked", reason)
     return Result.BLOCKED
@@ -205,9 +255,14 @@ def _prepare(
     email = _load_email(conn, email_name)
     if email is None:
         return None, f"failed:email {email_name!r} is not published"
-    settings_row = _load_definition(conn, "content-settings", plan.definition.content_settings)
+    settings_row = _load_definition(
+        conn, "content-settings", plan.definition.content_settings
+    )
     if settings_row is None or settings_row[0].status != "live":
-        return None, f"failed:content settings {plan.definition.content_settings!r} are not published"
+        return (
+            None,
+            f"failed:content settings {plan.definition.content_settings!r} are not published",
+        )
     content_settings: ContentSettings = settings_row[0]
 
     person = _load_contact(conn, contact)
@@ -219,7 +274,12 @@ def _prepare(
     if address is None:
         return None, "invalid_address"
 
-    token = sign(get_settings().secret_key.get_secret_value().encode(), "unsubscribe", plan.journey_id, contact)
+    token = sign(
+        get_settings().secret_key.get_secret_value().encode(),
+        "unsubscribe",
+        plan.journey_id,
+        contact,
+    )
     try:
         prepared = _render(email, content_settings, person, address, token)
     except RenderError as error:
@@ -228,13 +288,20 @@ def _prepare(
 
 
 def _render(
-    email: tuple[CompiledEmail, Email], settings: ContentSettings, person: Mapping[str, Any], address: str, token: str
+    email: tuple[CompiledEmail, Email],
+    settings: ContentSettings,
+    person: Mapping[str, Any],
+    address: str,
+    token: str,
 ) -> PreparedSend:
     compiled, definition = email
     sender_name, sender_address = split_sender(definition.from_ or settings.sender)
     separator = "&" if "?" in settings.subscription_center_url else "?"
     unsubscribe_url = f"{settings.subscription_center_url}{separator}token={token}"
-    mailbox = settings.unsubscribe_mailto or "unsubscribe@" + sender_address.rpartition("@")[2]
+    mailbox = (
+        settings.unsubscribe_mailto
+        or "unsubscribe@" + sender_address.rpartition("@")[2]
+    )
     content = {
         "sender_name": sender_name,
         "sender_address": sender_address,
@@ -255,22 +322,65 @@ def _render(
 
 
 def _send_and_record(
-    conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int, prepared: PreparedSend, final_attempt: bool
+    conn: psycopg.Connection,
+    plan: JourneyPlan,
+    tile: str,
+    contact: int,
+    prepared: PreparedSend,
+    final_attempt: bool,
 ) -> Result:
     started = time.perf_counter()
     try:
-        code, reply = smtp_sender().send(prepared.sender_address, prepared.address, prepared.data)
+        code, reply = smtp_sender().send(
+            prepared.sender_address, prepared.address, prepared.data
+        )
     except SmtpRejected as error:
-        return _record(conn, plan, tile, contact, "rejected", error.code, error.reply, Result.BOUNCED)
+        return _record(
+            conn,
+            plan,
+            tile,
+            contact,
+            "rejected",
+            error.code,
+            error.reply,
+            Result.BOUNCED,
+        )
     except SmtpOutcomeUnknown as error:
-        logger.warning("journey %s tile %s contact %s: %s", plan.name, tile, contact, error)
-        return _record(conn, plan, tile, contact, "unconfirmed", None, str(error), Result.UNCONFIRMED)
+        logger.warning(
+            "journey %s tile %s contact %s: %s", plan.name, tile, contact, error
+        )
+        return _record(
+            conn,
+            plan,
+            tile,
+            contact,
+            "unconfirmed",
+            None,
+            str(error),
+            Result.UNCONFIRMED,
+        )
     except SmtpTemporaryError as error:
         if final_attempt:
-            logger.warning("journey %s tile %s contact %s: giving up: %s", plan.name, tile, contact, error)
-            return _record(conn, plan, tile, contact, "deferred", None, str(error), Result.FAILED)
-        logger.warning("journey %s tile %s contact %s: deferred: %s", plan.name, tile, contact, error)
-        _record(conn, plan, tile, contact, "deferred", None, str(error), Result.DEFERRED)
+            logger.warning(
+                "journey %s tile %s contact %s: giving up: %s",
+                plan.name,
+                tile,
+                contact,
+                error,
+            )
+            return _record(
+                conn, plan, tile, contact, "deferred", None, str(error), Result.FAILED
+            )
+        logger.warning(
+            "journey %s tile %s contact %s: deferred: %s",
+            plan.name,
+            tile,
+            contact,
+            error,
+        )
+        _record(
+            conn, plan, tile, contact, "deferred", None, str(error), Result.DEFERRED
+        )
         return Result.DEFERRED
     finally:
         observe_smtp(time.perf_counter() - started)
@@ -337,7 +447,9 @@ def _finish(
     return []
 
 
-def _load_email(conn: psycopg.Connection, name: str) -> tuple[CompiledEmail, Email] | None:
+def _load_email(
+    conn: psycopg.Connection, name: str
+) -> tuple[CompiledEmail, Email] | None:
     found = _load_definition(conn, "email", name)
     if found is None or found[0].status != "live":
         return None
@@ -348,13 +460,20 @@ def _load_email(conn: psycopg.Connection, name: str) -> tuple[CompiledEmail, Ema
     return _compiled[key], email
 
 
-def _load_definition(conn: psycopg.Connection, kind: str, name: str) -> tuple[Any, int] | None:
+def _load_definition(
+    conn: psycopg.Connection, kind: str, name: str
+) -> tuple[Any, int] | None:
     row = conn.execute(
-        "SELECT body, revision FROM definitions WHERE kind = %s AND name = %s", (kind, name)
+        "SELECT body, revision FROM definitions WHERE kind = %s AND name = %s",
+        (kind, name),
     ).fetchone()
     if row is None:
         return None
-    model = Email.model_validate(row[0]) if kind == "email" else ContentSettings.model_validate(row[0])
+    model = (
+        Email.model_validate(row[0])
+        if kind == "email"
+        else ContentSettings.model_validate(row[0])
+    )
     return model, row[1]
 
 

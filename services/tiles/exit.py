@@ -29,10 +29,14 @@ def run_exit(message: ContactMessage) -> None:
         plan = load_plan(conn, message.journey_id, message.version)
         gate = journey_gate(conn, message.journey_id, now)
         if gate is not None:
-            stop_contacts(conn, message.journey_id, message.tile, message.contacts, gate, now)
+            stop_contacts(
+                conn, message.journey_id, message.tile, message.contacts, gate, now
+            )
             return
         claimed = claim_steps(conn, message, now)
-        leave_journey(conn, message.journey_id, claimed, "completed", f"exit {message.tile}", now)
+        leave_journey(
+            conn, message.journey_id, claimed, "completed", f"exit {message.tile}", now
+        )
     count_outcome(plan.name, message.tile, "completed", len(claimed))
 
 

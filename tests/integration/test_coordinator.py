@@ -15,7 +15,14 @@ from services.tiles import actors  # noqa: F401  (the stub broker needs the acto
 from shared.config import get_settings
 from shared.contacts import import_contacts
 from shared.golive import go_live_paths
-from tests.support import rss_peak_mb, simple_contacts, tree_pids, wait_until, write_contacts, write_definitions
+from tests.support import (
+    rss_peak_mb,
+    simple_contacts,
+    tree_pids,
+    wait_until,
+    write_contacts,
+    write_definitions,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +34,10 @@ def test_nothing_enters_before_the_local_start(db, tmp_path):
     nobody, a tick at 07:00Z feeds everybody."""
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
     path = write_definitions(
-        tmp_path, start="2027-07-01 09:00", end="2027-07-02 09:00", timezone="Europe/Amsterdam"
+        tmp_path,
+        start="2027-07-01 09:00",
+        end="2027-07-02 09:00",
+        timezone="Europe/Amsterdam",
     )
     outcome = go_live_paths(db, [path], datetime(2027, 6, 1, tzinfo=UTC))
     assert not outcome.errors
@@ -52,17 +62,26 @@ def test_go_live_rejects_tile_with_unpublished_email(db, tmp_path):
 
 
 def test_go_live_rejects_tile_without_email(db, tmp_path):
-    path = write_definitions(tmp_path, tiles=[{"id": "mail", "type": "email", "email": "missing"}])
+    path = write_definitions(
+        tmp_path, tiles=[{"id": "mail", "type": "email", "email": "missing"}]
+    )
     outcome = go_live_paths(db, [path], datetime.now(UTC))
     messages = [str(problem) for problem in outcome.errors]
-    assert any("tile 'mail'" in m and "email 'missing', which is not defined" in m for m in messages)
+    assert any(
+        "tile 'mail'" in m and "email 'missing', which is not defined" in m
+        for m in messages
+    )
 
 
 def test_go_live_warns_about_empty_audience(db, tmp_path):
-    path = write_definitions(tmp_path, segment={"where": [{"field": "country", "op": "eq", "value": "NL"}]})
+    path = write_definitions(
+        tmp_path, segment={"where": [{"field": "country", "op": "eq", "value": "NL"}]}
+    )
     outcome = go_live_paths(db, [path], datetime.now(UTC))
     assert not outcome.errors
-    warnings = [str(problem) for problem in outcome.problems if problem.severity == "warning"]
+    warnings = [
+        str(problem) for problem in outcome.problems if problem.severity == "warning"
+    ]
     assert any("segment 'audience' has no members now" in w for w in warnings)
     assert db.execute("SELECT status FROM journeys").fetchone() == ("live",)
 
@@ -112,19 +131,35 @@ def test_large_segment_fed_once_in_bounded_memory(db, processes, tmp_path):
 
     coordinator = processes.start_coordinator()
     peaks: dict[str, float] = {}
-    wait_until(lambda: _entered(db) >= total // 2, 300, what="half the segment entered", interval=0.5)
+    wait_until(
+        lambda: _entered(db) >= total // 2,
+        300,
+        what="half the segment entered",
+        interval=0.5,
+    )
     peaks["coordinator before kill"] = rss_peak_mb(coordinator.pid)
     processes.kill(coordinator)
     half = _entered(db)
 
     coordinator = processes.start_coordinator()
-    wait_until(lambda: _entered(db) == total, 300, what="the whole segment entered", interval=0.5)
-    wait_until(lambda: db.execute("SELECT count(*) FROM outbox").fetchone() == (0,), 60, what="outbox empty")
+    wait_until(
+        lambda: _entered(db) == total,
+        300,
+        what="the whole segment entered",
+        interval=0.5,
+    )
+    wait_until(
+        lambda: db.execute("SELECT count(*) FROM outbox").fetchone() == (0,),
+        60,
+        what="outbox empty",
+    )
     peaks["coordinator after restart"] = rss_peak_mb(coordinator.pid)
 
     queued = _queued_contacts(processes.broker_url, "tile.audience")
     assert len(set(queued)) == total
-    members = db.execute("SELECT count(*), count(DISTINCT contact) FROM entries").fetchone()
+    members = db.execute(
+        "SELECT count(*), count(DISTINCT contact) FROM entries"
+    ).fetchone()
     assert members == (total, total)
     steps = db.execute("SELECT count(*) FROM steps WHERE tile = 'audience'").fetchone()
     assert steps == (total,)
@@ -132,14 +167,29 @@ def test_large_segment_fed_once_in_bounded_memory(db, processes, tmp_path):
     # Publish the drained messages' contacts again and let workers finish the journey.
     journey_id, version = db.execute("SELECT id, version FROM journeys").fetchone()
     processes.publish(
-        "tile.audience", "audience_tile",
-        ({"journey_id": journey_id, "version": version, "tile": "audience", "contacts": queued[i : i + 500]}
-         for i in range(0, len(queued), 500)),
+        "tile.audience",
+        "audience_tile",
+        (
+            {
+                "journey_id": journey_id,
+                "version": version,
+                "tile": "audience",
+                "contacts": queued[i : i + 500],
+            }
+            for i in range(0, len(queued), 500)
+        ),
     )
     workers = processes.start_workers(processes=2, threads=4)
     wait_until(
-        lambda: db.execute("SELECT count(*) FROM entries WHERE state = 'completed'").fetchone() == (total,),
-        300, what="every contact through the exit tile", interval=1,
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM entries WHERE state = 'completed'"
+            ).fetchone()
+            == (total,)
+        ),
+        300,
+        what="every contact through the exit tile",
+        interval=1,
     )
     for index, pid in enumerate(tree_pids(workers.pid)):
         peaks[f"worker process {index}"] = rss_peak_mb(pid)

@@ -46,9 +46,11 @@ def _settled(db, contacts: int) -> bool:
     return row == (contacts, 0, 0)
 
 
-def test_rejected_recipient_does_not_make_others_resend(db, processes, smtp_sink, tmp_path):
-    smtp_sink.handler.choose_reply = (
-        lambda rcpt: "550 5.1.1 mailbox unavailable" if rcpt.startswith("c2@") else None
+def test_rejected_recipient_does_not_make_others_resend(
+    db, processes, smtp_sink, tmp_path
+):
+    smtp_sink.handler.choose_reply = lambda rcpt: (
+        "550 5.1.1 mailbox unavailable" if rcpt.startswith("c2@") else None
     )
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
     _go_live(db, write_definitions(tmp_path))
@@ -62,37 +64,61 @@ def test_rejected_recipient_does_not_make_others_resend(db, processes, smtp_sink
     journey_id, version = db.execute("SELECT id, version FROM journeys").fetchone()
     contacts = [row[0] for row in db.execute("SELECT id FROM contacts")]
     processes.publish(
-        "tile.email", "email_tile",
-        [{"journey_id": journey_id, "version": version, "tile": "send-hello", "contacts": contacts}],
+        "tile.email",
+        "email_tile",
+        [
+            {
+                "journey_id": journey_id,
+                "version": version,
+                "tile": "send-hello",
+                "contacts": contacts,
+            }
+        ],
     )
     processes.start_workers(processes=1, threads=2)
-    wait_until(lambda: processes.queue_depth("tile.email") == 0, 30, what="redelivery consumed")
+    wait_until(
+        lambda: processes.queue_depth("tile.email") == 0, 30, what="redelivery consumed"
+    )
     time.sleep(1)
 
     assert sorted(recipients(smtp_sink)) == ["c1@example.com", "c3@example.com"]
     assert step_counts(db, "send-hello") == {"sent": 2, "bounced": 1}
-    failed = db.execute("SELECT count(*) FROM steps WHERE tile = 'send-hello' AND state = 'failed'").fetchone()
+    failed = db.execute(
+        "SELECT count(*) FROM steps WHERE tile = 'send-hello' AND state = 'failed'"
+    ).fetchone()
     assert failed == (1,)
-    attempts = db.execute("SELECT state, attempts, smtp_code FROM sends WHERE address LIKE 'c2@%'").fetchone()
+    attempts = db.execute(
+        "SELECT state, attempts, smtp_code FROM sends WHERE address LIKE 'c2@%'"
+    ).fetchone()
     assert attempts == ("rejected", 1, 550)
 
 
 def test_temporary_failure_retried_with_backoff(db, processes, smtp_sink, tmp_path):
     answers = {"c3@example.com": ["451 4.3.0 try again later"]}
-    smtp_sink.handler.choose_reply = lambda rcpt: answers.get(rcpt, [None]).pop(0) if answers.get(rcpt) else None
+    smtp_sink.handler.choose_reply = lambda rcpt: (
+        answers.get(rcpt, [None]).pop(0) if answers.get(rcpt) else None
+    )
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
     _go_live(db, write_definitions(tmp_path))
     processes.start_workers(processes=1, threads=2)
     processes.start_coordinator()
     wait_until(lambda: _settled(db, 3), 60, what="three contacts processed")
 
-    assert Counter(recipients(smtp_sink)) == {"c1@example.com": 1, "c2@example.com": 1, "c3@example.com": 1}
-    row = db.execute("SELECT state, attempts FROM sends WHERE address = 'c3@example.com'").fetchone()
+    assert Counter(recipients(smtp_sink)) == {
+        "c1@example.com": 1,
+        "c2@example.com": 1,
+        "c3@example.com": 1,
+    }
+    row = db.execute(
+        "SELECT state, attempts FROM sends WHERE address = 'c3@example.com'"
+    ).fetchone()
     assert row == ("accepted", 2)
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_run_sends_each_email_once(db, processes, smtp_sink, tmp_path):
+def test_worker_killed_mid_run_sends_each_email_once(
+    db, processes, smtp_sink, tmp_path
+):
     """SIGKILL the worker processes twice while they send, restart them, and
     check that no address got two emails and every contact is accounted for."""
     total = 3000
@@ -104,21 +130,32 @@ def test_worker_killed_mid_run_sends_each_email_once(db, processes, smtp_sink, t
 
     kills = 0
     for threshold in (total // 5, total // 2):
-        wait_until(lambda t=threshold: len(smtp_sink.handler.messages) >= t, 120, what=f"{threshold} emails")
+        wait_until(
+            lambda t=threshold: len(smtp_sink.handler.messages) >= t,
+            120,
+            what=f"{threshold} emails",
+        )
         time.sleep(random.uniform(0, 0.5))
         processes.kill(workers)
         kills += 1
         workers = processes.start_workers(processes=2, threads=4)
-    wait_until(lambda: _settled(db, total), 240, what="every contact processed", interval=1)
+    wait_until(
+        lambda: _settled(db, total), 240, what="every contact processed", interval=1
+    )
 
     got = Counter(recipients(smtp_sink))
     counts = step_counts(db, "send-hello")
     assert max(got.values()) == 1
     assert counts.get("sent", 0) + counts.get("unconfirmed", 0) == total
-    sent = {row[0] for row in db.execute("SELECT address FROM sends WHERE state = 'accepted'")}
+    sent = {
+        row[0]
+        for row in db.execute("SELECT address FROM sends WHERE state = 'accepted'")
+    }
     assert sent <= set(got)
-    print(f"\nkills={kills} sent={counts.get('sent', 0)} unconfirmed={counts.get('unconfirmed', 0)} "
-          f"received={len(got)}")
+    print(
+        f"\nkills={kills} sent={counts.get('sent', 0)} unconfirmed={counts.get('unconfirmed', 0)} "
+        f"received={len(got)}"
+    )
 
 
 def test_headers_carry_one_click_unsubscribe(db, processes, smtp_sink, tmp_path):
@@ -133,7 +170,10 @@ def test_headers_carry_one_click_unsubscribe(db, processes, smtp_sink, tmp_path)
     tokens = set()
     for message in smtp_sink.handler.parsed():
         header = str(message["List-Unsubscribe"])
-        match = re.fullmatch(r"<(https://prefs\.example\.com/unsubscribe\?token=([\w-]+))>, <mailto:[^>]+>", header)
+        match = re.fullmatch(
+            r"<(https://prefs\.example\.com/unsubscribe\?token=([\w-]+))>, <mailto:[^>]+>",
+            header,
+        )
         assert match, header
         claims = verify(b"test-secret-key", match.group(2))
         assert claims.journey_id == journey_id
@@ -146,10 +186,20 @@ def test_headers_carry_one_click_unsubscribe(db, processes, smtp_sink, tmp_path)
     assert len(tokens) == 3
 
 
-def test_markup_in_names_cannot_inject_html_or_headers(db, processes, smtp_sink, tmp_path):
+def test_markup_in_names_cannot_inject_html_or_headers(
+    db, processes, smtp_sink, tmp_path
+):
     hostile = [
-        {"contact_id": "x1", "email": "x1@example.com", "firstname": "<script>alert(1)</script>"},
-        {"contact_id": "x2", "email": "x2@example.com", "firstname": "Eve\r\nBcc: victim@example.com"},
+        {
+            "contact_id": "x1",
+            "email": "x1@example.com",
+            "firstname": "<script>alert(1)</script>",
+        },
+        {
+            "contact_id": "x2",
+            "email": "x2@example.com",
+            "firstname": "Eve\r\nBcc: victim@example.com",
+        },
     ]
     import_contacts(db, write_contacts(tmp_path / "c.csv", hostile))
     _go_live(db, write_definitions(tmp_path))
@@ -167,12 +217,18 @@ def test_markup_in_names_cannot_inject_html_or_headers(db, processes, smtp_sink,
         assert b"\nBcc:" not in headers
 
 
-def test_withdrawn_email_fails_contacts_without_sending(db, processes, smtp_sink, tmp_path):
+def test_withdrawn_email_fails_contacts_without_sending(
+    db, processes, smtp_sink, tmp_path
+):
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(4)))
     _go_live(db, write_definitions(tmp_path))
     withdraw = subprocess.run(
         [sys.executable, "-m", "services.cli.main", "withdraw", "email", "hello"],
-        env=processes.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=processes.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert withdraw.returncode == 0, withdraw.stderr
     processes.start_workers(processes=1, threads=2)
@@ -180,11 +236,15 @@ def test_withdrawn_email_fails_contacts_without_sending(db, processes, smtp_sink
     wait_until(lambda: _settled(db, 4), 60, what="four contacts processed")
 
     assert smtp_sink.handler.messages == []
-    rows = db.execute("SELECT state, reason FROM steps WHERE tile = 'send-hello'").fetchall()
+    rows = db.execute(
+        "SELECT state, reason FROM steps WHERE tile = 'send-hello'"
+    ).fetchall()
     assert rows == [("failed", "email 'hello' is not published")] * 4
 
 
-def test_interrupted_send_recorded_unconfirmed_not_resent(db, processes, smtp_sink, tmp_path):
+def test_interrupted_send_recorded_unconfirmed_not_resent(
+    db, processes, smtp_sink, tmp_path
+):
     """The server accepts the message but the worker dies before it records
     that: the send must be marked unconfirmed, never sent again."""
     accepted = threading.Event()
@@ -206,5 +266,7 @@ def test_interrupted_send_recorded_unconfirmed_not_resent(db, processes, smtp_si
     time.sleep(1)
 
     assert recipients(smtp_sink).count("c1@example.com") == 1
-    assert db.execute("SELECT state FROM sends WHERE address = 'c1@example.com'").fetchone() == ("unconfirmed",)
+    assert db.execute(
+        "SELECT state FROM sends WHERE address = 'c1@example.com'"
+    ).fetchone() == ("unconfirmed",)
     assert step_counts(db, "send-hello") == {"unconfirmed": 1, "sent": 1}

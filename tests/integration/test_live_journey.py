@@ -22,8 +22,10 @@ from tests.support import (
     ROOT,
     local,
     recipients,
+    rss_peak_mb,
     simple_contacts,
     step_counts,
+    tree_pids,
     wait_until,
     write_contacts,
     write_definitions,
@@ -56,20 +58,29 @@ def _eligible_addresses(csv_path: Path) -> set[str]:
 def _status_json(env: dict[str, str], name: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "services.cli.main", "status", name, "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(result.stdout)
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith(name + "{") and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} {labels} not found")
 
 
 @pytest.mark.slow
-def test_example_journey_emails_each_eligible_contact_once(db, processes, smtp_sink, tmp_path):
+def test_example_journey_emails_each_eligible_contact_once(
+    db, processes, smtp_sink, tmp_path
+):
     contacts = tmp_path / "contacts.csv"
     write_csv(contacts, 10_000, 11)
     import_contacts(db, contacts)
@@ -77,9 +88,14 @@ def test_example_journey_emails_each_eligible_contact_once(db, processes, smtp_s
     expected = _eligible_addresses(contacts)
 
     started = time.monotonic()
-    processes.start_workers(processes=2, threads=8)
+    workers = processes.start_workers(processes=2, threads=8)
     coordinator = processes.start_coordinator()
-    wait_until(lambda: len(smtp_sink.handler.messages) >= len(expected), 300, what="all emails")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) >= len(expected), 300, what="all emails"
+    )
+    peaks = {"coordinator": rss_peak_mb(coordinator.pid)}
+    for index, pid in enumerate(tree_pids(workers.pid)):
+        peaks[f"worker process {index}"] = rss_peak_mb(pid)
     elapsed = time.monotonic() - started
     time.sleep(2)  # anything extra would arrive now
 
@@ -92,11 +108,30 @@ def test_example_journey_emails_each_eligible_contact_once(db, processes, smtp_s
     assert mail_tile["in_progress"] == 0
     assert mail_tile["sent"] + mail_tile["blocked"] == mail_tile["entered"]
 
-    scrape = httpx.get(f"http://127.0.0.1:{processes.metrics_ports[coordinator.pid]}/metrics", timeout=10).text
+    scrape = httpx.get(
+        f"http://127.0.0.1:{processes.metrics_ports[coordinator.pid]}/metrics",
+        timeout=10,
+    ).text
     labels = {"journey": "welcome", "tile": "welcome-mail"}
-    assert _metric(scrape, "journeys_email_results_total", result="sent", **labels) == len(expected)
-    assert _metric(scrape, "journeys_tile_entered_total", **labels) == mail_tile["entered"]
-    print(f"\n{len(expected)} emails in {elapsed:.1f} s: {len(expected) / elapsed:.0f} contacts/s")
+    assert _metric(
+        scrape, "journeys_email_results_total", result="sent", **labels
+    ) == len(expected)
+    assert (
+        _metric(scrape, "journeys_tile_entered_total", **labels) == mail_tile["entered"]
+    )
+
+    worker_scrape = httpx.get(
+        f"http://127.0.0.1:{processes.metrics_ports[workers.pid]}/metrics", timeout=10
+    ).text
+    assert _metric(
+        worker_scrape, "journeys_tile_contacts_processed_total", outcome="sent", **labels
+    ) == len(expected)
+    assert _metric(
+        worker_scrape, "dramatiq_messages_total", actor_name="email_tile"
+    ) > 0
+    rate = len(expected) / elapsed
+    print(f"\n{len(expected)} emails in {elapsed:.1f} s: {rate:.0f} contacts/s")
+    print(f"peak resident memory (MB): {peaks}")
 
 
 def test_late_joiner_is_emailed(db, processes, smtp_sink, tmp_path):
@@ -104,11 +139,15 @@ def test_late_joiner_is_emailed(db, processes, smtp_sink, tmp_path):
     _go_live(db, write_definitions(tmp_path))
     processes.start_workers(processes=1, threads=2)
     processes.start_coordinator()
-    wait_until(lambda: len(smtp_sink.handler.messages) == 5, 60, what="first five emails")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 5, 60, what="first five emails"
+    )
 
     late = [{"contact_id": "late1", "email": "late1@example.com", "firstname": "Late"}]
     import_contacts(db, write_contacts(tmp_path / "late.csv", late))
-    wait_until(lambda: len(smtp_sink.handler.messages) == 6, 60, what="the late joiner's email")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 6, 60, what="the late joiner's email"
+    )
     assert recipients(smtp_sink).count("late1@example.com") == 1
 
 
@@ -116,22 +155,34 @@ def test_nothing_sent_before_start_or_after_end(db, processes, smtp_sink, tmp_pa
     now = datetime.now(UTC).replace(microsecond=0)
     start, end = now + timedelta(seconds=5), now + timedelta(seconds=12)
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
-    _go_live(db, write_definitions(
-        tmp_path, start=local(start, "Europe/Berlin"), end=local(end, "Europe/Berlin"), timezone="Europe/Berlin"
-    ))
+    _go_live(
+        db,
+        write_definitions(
+            tmp_path,
+            start=local(start, "Europe/Berlin"),
+            end=local(end, "Europe/Berlin"),
+            timezone="Europe/Berlin",
+        ),
+    )
     processes.start_workers(processes=1, threads=2)
     processes.start_coordinator()
 
     time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds() - 1.0))
     assert smtp_sink.handler.messages == []
-    wait_until(lambda: len(smtp_sink.handler.messages) == 3, 30, what="emails after the start")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 3, 30, what="emails after the start"
+    )
     first_arrival = datetime.now(UTC)
     assert first_arrival >= start
 
     wait_until(
-        lambda: db.execute("SELECT status FROM journeys").fetchone()[0] == "completed", 30, what="the end"
+        lambda: db.execute("SELECT status FROM journeys").fetchone()[0] == "completed",
+        30,
+        what="the end",
     )
-    import_contacts(db, write_contacts(tmp_path / "late.csv", simple_contacts(2, prefix="after")))
+    import_contacts(
+        db, write_contacts(tmp_path / "late.csv", simple_contacts(2, prefix="after"))
+    )
     time.sleep(3)
     assert len(smtp_sink.handler.messages) == 3
 
@@ -142,15 +193,27 @@ def test_journey_end_drops_queued_messages(db, processes, smtp_sink, tmp_path):
     end = datetime.now(UTC) + timedelta(seconds=6)
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(20)))
     _go_live(db, write_definitions(tmp_path, end=local(end, "UTC")))
-    coordinator = processes.start_coordinator()  # no workers yet: messages wait on the queue
-    wait_until(lambda: processes.queue_depth("tile.audience") > 0, 30, what="queued audience messages")
+    coordinator = (
+        processes.start_coordinator()
+    )  # no workers yet: messages wait on the queue
     wait_until(
-        lambda: db.execute("SELECT status FROM journeys").fetchone()[0] == "completed", 30, what="the end"
+        lambda: processes.queue_depth("tile.audience") > 0,
+        30,
+        what="queued audience messages",
+    )
+    wait_until(
+        lambda: db.execute("SELECT status FROM journeys").fetchone()[0] == "completed",
+        30,
+        what="the end",
     )
     processes.stop(coordinator)
 
     processes.start_workers(processes=1, threads=2)
-    wait_until(lambda: processes.queue_depth("tile.audience") == 0, 30, what="the queue to drain")
+    wait_until(
+        lambda: processes.queue_depth("tile.audience") == 0,
+        30,
+        what="the queue to drain",
+    )
     time.sleep(1)
     assert smtp_sink.handler.messages == []
     assert step_counts(db, "audience") == {"stopped": 20}
@@ -167,15 +230,27 @@ def test_duplicate_messages_change_nothing(db, processes, smtp_sink, tmp_path):
 
     journey_id, version = db.execute("SELECT id, version FROM journeys").fetchone()
     contacts = [row[0] for row in db.execute("SELECT id FROM contacts ORDER BY id")]
-    for queue, actor, tile in (("tile.audience", "audience_tile", "audience"), ("tile.email", "email_tile", "send-hello")):
+    for queue, actor, tile in (
+        ("tile.audience", "audience_tile", "audience"),
+        ("tile.email", "email_tile", "send-hello"),
+    ):
         payloads = [
-            {"journey_id": journey_id, "version": version, "tile": tile, "contacts": [contact]}
+            {
+                "journey_id": journey_id,
+                "version": version,
+                "tile": tile,
+                "contacts": [contact],
+            }
             for contact in contacts
         ] * 2
         processes.publish(queue, actor, payloads)
     wait_until(
-        lambda: processes.queue_depth("tile.audience") + processes.queue_depth("tile.email") == 0,
-        60, what="duplicates consumed",
+        lambda: (
+            processes.queue_depth("tile.audience") + processes.queue_depth("tile.email")
+            == 0
+        ),
+        60,
+        what="duplicates consumed",
     )
     time.sleep(2)
     assert len(smtp_sink.handler.messages) == 30

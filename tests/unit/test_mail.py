@@ -14,7 +14,9 @@ from shared.templates import CompiledEmail, RenderedEmail
 
 TOKEN = "AQEAAAAHAAAAAAAB4kCZzHyOetx5h0fQwb4"
 UNSUBSCRIBE_URL = f"https://prefs.northwind.example.com/unsubscribe?token={TOKEN}"
-UNSUBSCRIBE_MAILTO = f"mailto:unsubscribe@northwind.example.com?subject=unsubscribe%20{TOKEN}"
+UNSUBSCRIBE_MAILTO = (
+    f"mailto:unsubscribe@northwind.example.com?subject=unsubscribe%20{TOKEN}"
+)
 INJECTED = "Eve\r\nBcc: evil@example.com"
 
 
@@ -34,7 +36,8 @@ def rendered_for(firstname: str) -> RenderedEmail:
         kind="email",
         name="hello",
         subject="Hello {{ contact.firstname }}",
-        html='<p>Hello {{ contact.firstname }}</p><a href="{{ content.subscription_center_url }}">unsubscribe</a>',
+        html="<p>Hello {{ contact.firstname }}</p>"
+        '<a href="{{ content.subscription_center_url }}">unsubscribe</a>',
     )
     return CompiledEmail(definition).render(
         {"firstname": firstname}, {"subscription_center_url": UNSUBSCRIBE_URL}
@@ -89,7 +92,9 @@ def test_sender_and_recipient_headers() -> None:
 
 
 def test_injected_line_break_adds_no_header() -> None:
-    _, data = build_message(envelope(recipient_name=f"{INJECTED} Smith"), rendered_for(INJECTED))
+    _, data = build_message(
+        envelope(recipient_name=f"{INJECTED} Smith"), rendered_for(INJECTED)
+    )
     message = parse(data)
     assert message["Bcc"] is None
     assert not any(line.lower().startswith("bcc:") for line in header_lines(data))
@@ -103,7 +108,9 @@ def test_injected_subject_stays_single_line() -> None:
 
 
 def test_injected_recipient_name_stays_single_line() -> None:
-    _, data = build_message(envelope(recipient_name=f"{INJECTED} Smith"), rendered_for("Eve"))
+    _, data = build_message(
+        envelope(recipient_name=f"{INJECTED} Smith"), rendered_for("Eve")
+    )
     to = parse(data)["To"]
     assert "\n" not in to
     assert [address.addr_spec for address in to.addresses] == ["eve@example.com"]
@@ -128,7 +135,16 @@ def test_non_ascii_subject_encoded() -> None:
         ("eve@localhost", None),
         ("", None),
     ],
-    ids=["valid", "domain-lowered", "plus-tag", "missing-at", "double-at", "trailing-dot", "no-tld", "empty"],
+    ids=[
+        "valid",
+        "domain-lowered",
+        "plus-tag",
+        "missing-at",
+        "double-at",
+        "trailing-dot",
+        "no-tld",
+        "empty",
+    ],
 )
 def test_normalize_address(address: str, expected: str | None) -> None:
     assert normalize_address(address) == expected
@@ -137,8 +153,14 @@ def test_normalize_address(address: str, expected: str | None) -> None:
 @pytest.mark.parametrize(
     ("sender", "expected"),
     [
-        ("Northwind News <news@northwind.example.com>", ("Northwind News", "news@northwind.example.com")),
-        ('"Northwind, Inc." <news@northwind.example.com>', ("Northwind, Inc.", "news@northwind.example.com")),
+        (
+            "Northwind News <news@northwind.example.com>",
+            ("Northwind News", "news@northwind.example.com"),
+        ),
+        (
+            '"Northwind, Inc." <news@northwind.example.com>',
+            ("Northwind, Inc.", "news@northwind.example.com"),
+        ),
         ("news@northwind.example.com", ("", "news@northwind.example.com")),
     ],
 )

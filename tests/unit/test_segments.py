@@ -16,45 +16,33 @@ from psycopg import sql
 from shared.contacts import import_contacts
 from shared.definitions import Segment
 from shared.segments import membership
-from tests.support import write_contacts
 
-CONTACTS = [
-    {
-        "contact_id": "a1", "email": "Ann@Example.com", "firstname": "Ann", "lastname": "O'Brien",
-        "unsubscribed": "false", "city": "Berlin", "score": "10", "signup": "2027-01-15", "tags": "vip,newsletter",
-    },
-    {
-        "contact_id": "b1", "email": "ben@example.com", "firstname": "Ben", "lastname": "Berg",
-        "unsubscribed": "false", "city": "Hamburg", "score": "9", "signup": "2026-12-01", "tags": "newsletter",
-    },
-    {
-        "contact_id": "c1", "email": "cid@example.com", "firstname": "Cid", "lastname": "Cole",
-        "unsubscribed": "false", "city": "Berlin", "score": "3", "signup": "2027-03-01", "tags": "",
-    },
-    {
-        "contact_id": "d1", "email": "dee@example.com", "firstname": "Dee", "lastname": "Dunn",
-        "unsubscribed": "true", "city": "", "score": "abc", "signup": "", "tags": "",
-    },
-    {
-        "contact_id": "", "email": "eve@example.com", "firstname": "Eve", "lastname": "Eck",
-        "unsubscribed": "false", "city": "K\u00f6ln", "score": "5.5", "signup": "2026-06-30", "tags": "VIP",
-    },
-]
-# A contact from a second file that has none of the extra columns above.
-LATE_CONTACT = {"contact_id": "f1", "email": "fay@example.com", "firstname": "Fay", "plan": "gold"}
+CONTACTS_CSV = """\
+contact_id,email,firstname,lastname,unsubscribed,city,score,signup,tags
+a1,Ann@Example.com,Ann,O'Brien,false,Berlin,10,2027-01-15,"vip,newsletter"
+b1,ben@example.com,Ben,Berg,false,Hamburg,9,2026-12-01,newsletter
+c1,cid@example.com,Cid,Cole,false,Berlin,3,2027-03-01,
+d1,dee@example.com,Dee,Dunn,true,,abc,,
+,eve@example.com,Eve,Eck,false,K\u00f6ln,5.5,2026-06-30,VIP
+"""
+# A contact from a second file, without any of the extra columns above.
+LATE_CONTACT_CSV = "contact_id,email,firstname,plan\nf1,fay@example.com,Fay,gold\n"
 
 
 @pytest.fixture
 def contacts(db: psycopg.Connection, tmp_path: Path) -> psycopg.Connection:
-    for name, rows in (("first.csv", CONTACTS), ("second.csv", [LATE_CONTACT])):
-        report = import_contacts(db, write_contacts(tmp_path / name, rows))
-        assert report.bad_rows == []
+    for name, text in (("first.csv", CONTACTS_CSV), ("second.csv", LATE_CONTACT_CSV)):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        assert import_contacts(db, path).bad_rows == []
     return db
 
 
 def members(conn: psycopg.Connection, segment: Segment) -> list[str]:
     """Return the first names of the segment's members, sorted."""
-    query = sql.SQL("SELECT c.firstname FROM contacts c WHERE {} ORDER BY 1").format(membership(segment))
+    query = sql.SQL("SELECT c.firstname FROM contacts c WHERE {} ORDER BY 1").format(
+        membership(segment)
+    )
     return [row[0] for row in conn.execute(query)]
 
 
@@ -73,25 +61,55 @@ CONDITION_CASES = [
     ("eq-unicode", {"field": "city", "op": "eq", "value": "K\u00f6ln"}, ["Eve"]),
     ("eq-bool", {"field": "unsubscribed", "op": "eq", "value": True}, ["Dee"]),
     ("eq-case-sensitive", {"field": "city", "op": "eq", "value": "berlin"}, []),
-    ("ne-includes-missing", {"field": "city", "op": "ne", "value": "Berlin"}, ["Ben", "Dee", "Eve", "Fay"]),
-    ("in", {"field": "city", "op": "in", "value": ["Berlin", "Hamburg"]}, ["Ann", "Ben", "Cid"]),
+    (
+        "ne-includes-missing",
+        {"field": "city", "op": "ne", "value": "Berlin"},
+        ["Ben", "Dee", "Eve", "Fay"],
+    ),
+    (
+        "in",
+        {"field": "city", "op": "in", "value": ["Berlin", "Hamburg"]},
+        ["Ann", "Ben", "Cid"],
+    ),
     ("in-numbers", {"field": "score", "op": "in", "value": [3, 9]}, ["Ben", "Cid"]),
-    ("contains", {"field": "tags", "op": "contains", "value": "newsletter"}, ["Ann", "Ben"]),
-    ("contains-case-sensitive", {"field": "tags", "op": "contains", "value": "VIP"}, ["Eve"]),
+    (
+        "contains",
+        {"field": "tags", "op": "contains", "value": "newsletter"},
+        ["Ann", "Ben"],
+    ),
+    (
+        "contains-case-sensitive",
+        {"field": "tags", "op": "contains", "value": "VIP"},
+        ["Eve"],
+    ),
     ("gt-number", {"field": "score", "op": "gt", "value": 5}, ["Ann", "Ben", "Eve"]),
     ("lt-number", {"field": "score", "op": "lt", "value": 5}, ["Cid"]),
     ("gt-decimal", {"field": "score", "op": "gt", "value": 9.5}, ["Ann"]),
     ("lt-negative", {"field": "score", "op": "lt", "value": -1}, []),
-    ("lt-skips-non-number", {"field": "score", "op": "lt", "value": 1000}, ["Ann", "Ben", "Cid", "Eve"]),
-    ("gt-iso-date", {"field": "signup", "op": "gt", "value": "2027-01-01"}, ["Ann", "Cid"]),
-    ("exists-true", {"field": "city", "op": "exists", "value": True}, ["Ann", "Ben", "Cid", "Eve"]),
+    (
+        "lt-skips-non-number",
+        {"field": "score", "op": "lt", "value": 1000},
+        ["Ann", "Ben", "Cid", "Eve"],
+    ),
+    (
+        "gt-iso-date",
+        {"field": "signup", "op": "gt", "value": "2027-01-01"},
+        ["Ann", "Cid"],
+    ),
+    (
+        "exists-true",
+        {"field": "city", "op": "exists", "value": True},
+        ["Ann", "Ben", "Cid", "Eve"],
+    ),
     ("exists-bare", {"field": "city", "op": "exists"}, ["Ann", "Ben", "Cid", "Eve"]),
     ("exists-false", {"field": "city", "op": "exists", "value": False}, ["Dee", "Fay"]),
     ("exists-late-field", {"field": "plan", "op": "exists", "value": True}, ["Fay"]),
 ]
 
 
-def test_condition_membership(contacts: psycopg.Connection, subtests: pytest.Subtests) -> None:
+def test_condition_membership(
+    contacts: psycopg.Connection, subtests: pytest.Subtests
+) -> None:
     for case, condition, expected in CONDITION_CASES:
         with subtests.test(case):
             assert members(contacts, where(condition)) == expected
@@ -124,7 +142,9 @@ STATIC_CASES = [
 ]
 
 
-def test_static_membership(contacts: psycopg.Connection, subtests: pytest.Subtests) -> None:
+def test_static_membership(
+    contacts: psycopg.Connection, subtests: pytest.Subtests
+) -> None:
     for case, identifiers, expected in STATIC_CASES:
         with subtests.test(case):
             assert members(contacts, static(*identifiers)) == expected

@@ -17,23 +17,35 @@ CONTENT = {
 }
 
 
-def render(contact: dict[str, Any], *, subject: str = "Hi", html: str = "<p>Hi</p>", text: str | None = None):
+def render(
+    contact: dict[str, Any],
+    *,
+    subject: str = "Hi",
+    html: str = "<p>Hi</p>",
+    text: str | None = None,
+):
     email = Email(kind="email", name="hello", subject=subject, html=html, text=text)
     return CompiledEmail(email).render(contact, CONTENT)
 
 
 def test_html_escapes_contact_values() -> None:
-    rendered = render({"firstname": "<b>Eve</b>"}, html="<p>Hello {{ contact.firstname }}</p>")
+    rendered = render(
+        {"firstname": "<b>Eve</b>"}, html="<p>Hello {{ contact.firstname }}</p>"
+    )
     assert rendered.html == "<p>Hello &lt;b&gt;Eve&lt;/b&gt;</p>"
 
 
 def test_subject_not_escaped() -> None:
-    rendered = render({"firstname": "<b>Eve</b> & Co"}, subject="Hi {{ contact.firstname }}")
+    rendered = render(
+        {"firstname": "<b>Eve</b> & Co"}, subject="Hi {{ contact.firstname }}"
+    )
     assert rendered.subject == "Hi <b>Eve</b> & Co"
 
 
 def test_text_part_not_escaped() -> None:
-    rendered = render({"firstname": "<b>Eve</b> & Co"}, text="Hello {{ contact.firstname }}")
+    rendered = render(
+        {"firstname": "<b>Eve</b> & Co"}, text="Hello {{ contact.firstname }}"
+    )
     assert rendered.text == "Hello <b>Eve</b> & Co"
 
 
@@ -46,7 +58,10 @@ def test_subject_line_breaks_collapsed() -> None:
 def test_derived_text_keeps_link_address() -> None:
     html = '<p>Hello</p><a href="{{ content.subscription_center_url }}">Unsubscribe</a>'
     rendered = render({}, html=html)
-    assert "https://prefs.northwind.example.com/unsubscribe?token=abc&list=1" in rendered.text
+    assert (
+        "https://prefs.northwind.example.com/unsubscribe?token=abc&list=1"
+        in rendered.text
+    )
     assert "Unsubscribe" in rendered.text
     assert "<a" not in rendered.text
 
@@ -77,7 +92,9 @@ def test_missing_contact_field_raises_render_error() -> None:
 
 
 def test_default_covers_missing_contact_field() -> None:
-    rendered = render({"firstname": "Eve"}, html="<p>{{ contact.city | default('your city') }}</p>")
+    rendered = render(
+        {"firstname": "Eve"}, html="<p>{{ contact.city | default('your city') }}</p>"
+    )
     assert rendered.html == "<p>your city</p>"
 
 

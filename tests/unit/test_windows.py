@@ -17,15 +17,39 @@ NEW_YORK = ZoneInfo("America/New_York")
 @pytest.mark.parametrize(
     ("zone", "local", "expected"),
     [
-        ("Europe/Amsterdam", datetime(2027, 7, 1, 9, 0), datetime(2027, 7, 1, 7, 0, tzinfo=UTC)),
-        ("Europe/Berlin", datetime(2027, 1, 15, 9, 0), datetime(2027, 1, 15, 8, 0, tzinfo=UTC)),
-        ("America/New_York", datetime(2027, 1, 15, 9, 0), datetime(2027, 1, 15, 14, 0, tzinfo=UTC)),
-        ("America/New_York", datetime(2027, 7, 1, 9, 0), datetime(2027, 7, 1, 13, 0, tzinfo=UTC)),
+        (
+            "Europe/Amsterdam",
+            datetime(2027, 7, 1, 9, 0),
+            datetime(2027, 7, 1, 7, 0, tzinfo=UTC),
+        ),
+        (
+            "Europe/Berlin",
+            datetime(2027, 1, 15, 9, 0),
+            datetime(2027, 1, 15, 8, 0, tzinfo=UTC),
+        ),
+        (
+            "America/New_York",
+            datetime(2027, 1, 15, 9, 0),
+            datetime(2027, 1, 15, 14, 0, tzinfo=UTC),
+        ),
+        (
+            "America/New_York",
+            datetime(2027, 7, 1, 9, 0),
+            datetime(2027, 7, 1, 13, 0, tzinfo=UTC),
+        ),
         ("UTC", datetime(2027, 3, 28, 2, 30), datetime(2027, 3, 28, 2, 30, tzinfo=UTC)),
     ],
-    ids=["amsterdam-summer", "berlin-winter", "new-york-winter", "new-york-summer", "utc"],
+    ids=[
+        "amsterdam-summer",
+        "berlin-winter",
+        "new-york-winter",
+        "new-york-summer",
+        "utc",
+    ],
 )
-def test_plain_local_time_converted(zone: str, local: datetime, expected: datetime) -> None:
+def test_plain_local_time_converted(
+    zone: str, local: datetime, expected: datetime
+) -> None:
     assert to_utc(local, ZoneInfo(zone)) == expected
 
 
@@ -39,11 +63,17 @@ def test_result_is_utc_aware() -> None:
     [
         (BERLIN, datetime(2027, 3, 28, 2, 30), datetime(2027, 3, 28, 1, 0, tzinfo=UTC)),
         (BERLIN, datetime(2027, 3, 28, 2, 0), datetime(2027, 3, 28, 1, 0, tzinfo=UTC)),
-        (NEW_YORK, datetime(2027, 3, 14, 2, 30), datetime(2027, 3, 14, 7, 0, tzinfo=UTC)),
+        (
+            NEW_YORK,
+            datetime(2027, 3, 14, 2, 30),
+            datetime(2027, 3, 14, 7, 0, tzinfo=UTC),
+        ),
     ],
     ids=["berlin-02:30", "berlin-02:00", "new-york-02:30"],
 )
-def test_gap_shifted_forward_to_transition(zone: ZoneInfo, local: datetime, expected: datetime) -> None:
+def test_gap_shifted_forward_to_transition(
+    zone: ZoneInfo, local: datetime, expected: datetime
+) -> None:
     assert to_utc(local, zone, nonexistent="shift_forward") == expected
 
 
@@ -71,10 +101,30 @@ def test_time_after_gap_unchanged() -> None:
 @pytest.mark.parametrize(
     ("zone", "local", "choice", "expected"),
     [
-        (BERLIN, datetime(2027, 10, 31, 2, 30), "earlier", datetime(2027, 10, 31, 0, 30, tzinfo=UTC)),
-        (BERLIN, datetime(2027, 10, 31, 2, 30), "later", datetime(2027, 10, 31, 1, 30, tzinfo=UTC)),
-        (NEW_YORK, datetime(2027, 11, 7, 1, 30), "earlier", datetime(2027, 11, 7, 5, 30, tzinfo=UTC)),
-        (NEW_YORK, datetime(2027, 11, 7, 1, 30), "later", datetime(2027, 11, 7, 6, 30, tzinfo=UTC)),
+        (
+            BERLIN,
+            datetime(2027, 10, 31, 2, 30),
+            "earlier",
+            datetime(2027, 10, 31, 0, 30, tzinfo=UTC),
+        ),
+        (
+            BERLIN,
+            datetime(2027, 10, 31, 2, 30),
+            "later",
+            datetime(2027, 10, 31, 1, 30, tzinfo=UTC),
+        ),
+        (
+            NEW_YORK,
+            datetime(2027, 11, 7, 1, 30),
+            "earlier",
+            datetime(2027, 11, 7, 5, 30, tzinfo=UTC),
+        ),
+        (
+            NEW_YORK,
+            datetime(2027, 11, 7, 1, 30),
+            "later",
+            datetime(2027, 11, 7, 6, 30, tzinfo=UTC),
+        ),
     ],
     ids=["berlin-earlier", "berlin-later", "new-york-earlier", "new-york-later"],
 )
@@ -94,7 +144,9 @@ def test_repeated_time_needs_choice() -> None:
 
 def test_ambiguity_choice_ignored_for_plain_time() -> None:
     local = datetime(2027, 7, 1, 9, 0)
-    assert to_utc(local, BERLIN, ambiguous="later") == datetime(2027, 7, 1, 7, 0, tzinfo=UTC)
+    assert to_utc(local, BERLIN, ambiguous="later") == datetime(
+        2027, 7, 1, 7, 0, tzinfo=UTC
+    )
 
 
 def test_unknown_zone_raises_definition_error() -> None:
