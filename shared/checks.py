@@ -3,7 +3,6 @@ document and tile, found in one pass."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +13,6 @@ from shared.definitions import (
     ContentSettings,
     Email,
     EmailTile,
-    ExitTile,
     Journey,
     Segment,
     walk_tiles,
@@ -23,6 +21,7 @@ from shared.errors import DefinitionError
 from shared.loading import LoadedDocument, Problem
 from shared.mail import normalize_address, split_sender
 from shared.templates import check_email_templates
+from shared.tile_checks import check_tile_graph
 from shared.windows import load_zone, suggest_zone, to_utc
 
 _MODEL_KINDS = {
@@ -148,7 +147,7 @@ def _check_segment(
             "needs exactly one of 'contacts' (a static list) or 'where' (conditions)",
         )
     for index, condition in enumerate(segment.where or [], start=1):
-        message = _condition_problem(condition.op, condition.value)
+        message = condition_problem(condition.op, condition.value)
         if message:
             yield Problem(document.where, document.label, f"where #{index}: {message}")
         fields = scope.catalog.contact_fields
@@ -162,7 +161,7 @@ def _check_segment(
             )
 
 
-def _condition_problem(op: str, value: Any) -> str | None:
+def condition_problem(op: str, value: Any) -> str | None:
     if op == "in" and not isinstance(value, list):
         return f"'in' needs a list of values, got {value!r}"
     if op == "exists" and value not in (None, True, False):
@@ -191,6 +190,10 @@ def _check_journey(
     yield from _check_reference(
         where, label, None, "segment", journey.audience.segment, "audience", scope
     )
+    if journey.suppression is not None:
+        yield from _check_reference(
+            where, label, None, "segment", journey.suppression, "suppression", scope
+        )
     if scope.for_go_live:
         yield from _check_audience_size(where, label, journey, scope)
     yield from _check_tiles(where, label, journey, scope)
@@ -283,35 +286,10 @@ def _check_audience_size(
 def _check_tiles(
     where: str, label: str, journey: Journey, scope: _Scope
 ) -> Iterator[Problem]:
-    tiles = walk_tiles(journey.tiles)
-    counts = Counter(tile.id for tile in tiles)
-    for tile_id, count in counts.items():
-        if count > 1:
-            yield Problem(
-                where,
-                label,
-                f"tile id is used {count} times; give each tile its own id",
-                tile=tile_id,
-            )
-    for tile in tiles:
-        if tile.id == AUDIENCE_TILE:
-            yield Problem(
-                where,
-                label,
-                f"tile id {AUDIENCE_TILE!r} is reserved for the audience tile",
-                tile=tile.id,
-            )
+    for tile_id, message in check_tile_graph(journey, scope.catalog.contact_fields):
+        yield Problem(where, label, message, tile=tile_id)
+    for tile in walk_tiles(journey.tiles):
         if isinstance(tile, EmailTile):
             yield from _check_reference(
                 where, label, tile.id, "email", tile.email, "email", scope
-            )
-    for position, tile in enumerate(journey.tiles[:-1]):
-        if isinstance(tile, ExitTile):
-            unreachable = journey.tiles[position + 1]
-            yield Problem(
-                where,
-                label,
-                f"cannot be reached because exit tile {tile.id!r} comes before it; "
-                "remove the exit or move this tile before it",
-                tile=unreachable.id,
             )

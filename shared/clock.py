@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,37 @@ from datetime import UTC, datetime, timedelta
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+class OffsetClock:
+    """The system time plus a number of seconds read from a file.
+
+    Separate processes pointed at one file share one moved clock, which lets
+    tests pass hours of journey time in seconds. The file is read again only
+    when it changes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: float | None = None
+        self._offset = timedelta(0)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._current_offset()
+
+    def _current_offset(self) -> timedelta:
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return timedelta(0)
+        with self._lock:
+            if stamp != self._stamp:
+                with open(self.path, encoding="ascii") as handle:
+                    text = handle.read().strip()
+                self._offset = timedelta(seconds=float(text or 0))
+                self._stamp = stamp
+            return self._offset
 
 
 class ManualClock:
@@ -33,13 +65,15 @@ class ManualClock:
             self._now += delta
 
 
-_clock: SystemClock | ManualClock = SystemClock()
+Clock = SystemClock | ManualClock | OffsetClock
+_offset_file = os.environ.get("JOURNEYS_CLOCK_OFFSET_FILE")
+_clock: Clock = OffsetClock(_offset_file) if _offset_file else SystemClock()
 
 
 def now() -> datetime:
     return _clock.now()
 
 
-def use_clock(clock: SystemClock | ManualClock) -> None:
+def use_clock(clock: Clock) -> None:
     global _clock
     _clock = clock

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         description="smtp://[user:password@]host:port[?starttls=true]; smtps:// for TLS",
     )
     secret_key: SecretStr = SecretStr("change-me-in-production")
+    tracking_url: str = Field(
+        default="http://127.0.0.1:8088",
+        description="public base URL of the tracking service, used in open and click links",
+    )
+    tracking_host: str = "127.0.0.1"
+    tracking_port: int = 8088
+    tracking_token_days: int = Field(
+        default=180, gt=0, description="age after which open and click links stop counting"
+    )
     metrics_port: int = Field(default=9191, description="worker metrics port")
     coordinator_metrics_port: int = 9192
     metrics_dir: str = Field(

@@ -3,11 +3,21 @@ emails and content settings."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 Status = Literal["draft", "live"]
 Name = Annotated[
@@ -108,8 +118,109 @@ class ExitTile(TileBase):
     type: Literal["exit"]
 
 
-Tile = Annotated[EmailTile | ExitTile, Field(discriminator="type")]
-TILE_TYPES = ("email", "exit")
+class WaitTile(TileBase):
+    """Holds each contact for a duration, or until a local date-time or the
+    next occurrence of a local time of day ("next 07:30")."""
+
+    type: Literal["wait"]
+    duration: str | None = Field(default=None, description="such as 30m, 2h, 3d or 1d12h")
+    until: str | None = Field(
+        default=None,
+        description="local date-time such as 2027-05-03 09:00, or 'next HH:MM'",
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def _duration_is_valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("until")
+    @classmethod
+    def _until_is_valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_until(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_duration_or_until(self) -> WaitTile:
+        if (self.duration is None) == (self.until is None):
+            raise ValueError("a wait needs exactly one of 'duration' or 'until'")
+        return self
+
+
+class InteractionCondition(BaseModel):
+    """Holds when the contact interacted with an earlier email tile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: TileId = Field(description="id of an email tile earlier on the path")
+    event: Literal["opened", "clicked", "unsubscribed"]
+    link: str | None = Field(default=None, description="for 'clicked': only this link")
+
+
+def _condition_kind(value: Any) -> str:
+    if isinstance(value, dict) and ("email" in value or "event" in value):
+        return "interaction"
+    if isinstance(value, InteractionCondition):
+        return "interaction"
+    return "data"
+
+
+class ConditionTile(TileBase):
+    """Sends each contact down 'yes' as soon as the condition holds, or down
+    'no' when it does not (a data condition) or when 'within' has passed."""
+
+    type: Literal["condition"]
+    if_: Annotated[
+        Annotated[Condition, Tag("data")] | Annotated[InteractionCondition, Tag("interaction")],
+        Discriminator(_condition_kind),
+    ] = Field(alias="if")
+    within: str | None = Field(default=None, description="such as 2d; needed for interactions")
+    yes: list[Tile] = Field(default_factory=list)
+    no: list[Tile] = Field(default_factory=list)
+
+    @field_validator("within")
+    @classmethod
+    def _within_is_valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _interaction_needs_within(self) -> ConditionTile:
+        if isinstance(self.if_, InteractionCondition) and self.within is None:
+            raise ValueError(
+                "a condition on an email interaction needs 'within', such as 2d, "
+                "after which the contact takes 'no'"
+            )
+        return self
+
+
+class SplitBranch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: TileId
+    percent: float | None = Field(default=None, gt=0, le=100)
+    count: int | None = Field(default=None, gt=0)
+    tiles: list[Tile] = Field(default_factory=list)
+
+
+class SplitTile(TileBase):
+    """Sends each contact down one branch at random, by percentage, or the
+    first contacts by count with the rest down 'remaining'. A contact's
+    branch depends only on the journey and the contact."""
+
+    type: Literal["split"]
+    branches: list[SplitBranch] = Field(min_length=1)
+    remaining: list[Tile] | None = None
+
+
+Tile = Annotated[
+    EmailTile | ExitTile | WaitTile | ConditionTile | SplitTile, Field(discriminator="type")
+]
+TILE_TYPES = ("email", "wait", "condition", "split", "exit")
 
 
 class Journey(Document):
@@ -129,6 +240,10 @@ class Journey(Document):
     )
     content_settings: Name
     audience: Audience
+    suppression: Name | None = Field(
+        default=None,
+        description="Segment whose members are never emailed and leave the journey",
+    )
     tiles: list[Tile] = Field(min_length=1)
 
     @field_validator("start", "end")
@@ -142,6 +257,9 @@ class Journey(Document):
         return value
 
 
+for _model in (ConditionTile, SplitBranch, SplitTile, Journey):
+    _model.model_rebuild()
+
 AnyDocument = Annotated[
     ContentSettings | Email | Segment | Journey, Field(discriminator="kind")
 ]
@@ -149,6 +267,56 @@ DOCUMENT_KINDS = ("content-settings", "email", "segment", "journey")
 document_adapter: TypeAdapter[Any] = TypeAdapter(AnyDocument)
 
 
+def branches_of(tile: Any) -> list[tuple[str, list[Any]]]:
+    """Return a tile's branches as (branch name, tile list) pairs."""
+    if isinstance(tile, ConditionTile):
+        return [("yes", tile.yes), ("no", tile.no)]
+    if isinstance(tile, SplitTile):
+        pairs = [(branch.name, branch.tiles) for branch in tile.branches]
+        if tile.remaining is not None:
+            pairs.append(("remaining", tile.remaining))
+        return pairs
+    return []
+
+
 def walk_tiles(tiles: list[Any]) -> list[Any]:
     """Return every tile of a tile list in path order, nested branches included."""
-    return list(tiles)
+    found: list[Any] = []
+    for tile in tiles:
+        found.append(tile)
+        for _, branch in branches_of(tile):
+            found.extend(walk_tiles(branch))
+    return found
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_NEXT_TIME = re.compile(r"^next\s+([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90m', '2h', '3d' or '1d12h30m' into a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"invalid duration {text!r}; write it like 30m, 2h, 3d or 1d12h")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if delta <= timedelta(0):
+        raise ValueError(f"duration {text!r} must be longer than zero")
+    return delta
+
+
+def parse_until(text: str) -> datetime | time:
+    """Parse a wait's 'until': a local date-time, or 'next HH:MM' as a time."""
+    match = _NEXT_TIME.match(text.strip())
+    if match:
+        return time(int(match.group(1)), int(match.group(2)))
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"invalid 'until' {text!r}; write a local date-time such as "
+            "2027-05-03 09:00, or 'next 07:30' for the next time of day"
+        ) from None
+    if moment.tzinfo is not None:
+        raise ValueError(f"'until' {text!r} must be local, without an offset")
+    return moment

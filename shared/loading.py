@@ -4,6 +4,7 @@ validated models, with every problem tied to its file, line and tile."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,17 +60,21 @@ class LoadedDocument:
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that keeps date-times as text, so that pydantic sees exactly
-    what the operator wrote and can tell a local time from one with an offset."""
+    what the operator wrote and can tell a local time from one with an offset.
+    Only true and false are booleans, as in YAML 1.2, so that a condition's
+    `yes` and `no` branches stay keys."""
 
 
+_DROPPED_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool"}
 _Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag != "tag:yaml.org,2002:timestamp"
-    ]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _DROPPED_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:

@@ -198,6 +198,7 @@ def end_journey(
         (reason, now, journey_id),
     ).rowcount
     conn.execute("DELETE FROM outbox WHERE journey_id = %s", (journey_id,))
+    conn.execute("DELETE FROM timers WHERE journey_id = %s", (journey_id,))
     logger.info(
         "journey %s ended (%s): %d contacts stopped", journey_id, reason, stopped
     )

@@ -49,6 +49,9 @@ class RenderedEmail:
     html: str
     text: str
 
+    def with_html(self, html: str) -> RenderedEmail:
+        return RenderedEmail(self.subject, html, self.text)
+
 
 class CompiledEmail:
     """An email definition with its templates parsed once, ready to render."""

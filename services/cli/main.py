@@ -233,6 +233,17 @@ def coordinator() -> None:
 
 
 @app.command()
+def tracking() -> None:
+    """Run the tracking service: open pixel, click redirect, one-click unsubscribe."""
+    from services.tracking.app import serve
+
+    _setup_logging(logging.INFO)
+    settings = get_settings()
+    apply_migrations(settings.database_url)
+    serve(settings)
+
+
+@app.command()
 def run(
     paths: Paths,
     contacts: Annotated[

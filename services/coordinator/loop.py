@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from services.coordinator.timers import release_timers
 from services.tiles.common import enqueue_step, publish_outbox
 from shared import clock
 from shared.config import Settings, get_settings
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 class TickReport:
     ended: int = 0
     fed: int = 0
+    released: int = 0
     republished: int = 0
     feeding_done: bool = True
 
@@ -56,6 +58,7 @@ def tick(
     report = TickReport()
     with get_pool().connection() as conn:
         report.ended = _end_due_journeys(conn, now)
+        report.released = release_timers(conn, now)
         for journey_id in _journeys_in_window(conn, now):
             fed, done = feed_journey(conn, journey_id, now, settings, max_pages)
             report.fed += fed
@@ -79,10 +82,12 @@ def run_forever(
         except (psycopg.Error, OSError) as error:
             logger.warning("coordinator tick failed, retrying next tick: %s", error)
         else:
-            if report.fed or report.ended or report.republished:
+            if report.fed or report.ended or report.released or report.republished:
                 logger.info(
-                    "tick: %d contacts fed, %d journeys ended, %d outbox rows republished",
+                    "tick: %d contacts fed, %d released from timers, %d journeys ended,"
+                    " %d outbox rows republished",
                     report.fed,
+                    report.released,
                     report.ended,
                     report.republished,
                 )

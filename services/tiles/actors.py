@@ -11,8 +11,16 @@ from shared.broker import configure_broker
 
 broker = configure_broker()
 
-from services.tiles import audience, email, exit  # noqa: E402  (actors bind to the broker above)
+# The actors bind to the broker above when their modules are imported.
+from services.tiles import (  # noqa: E402
+    audience,
+    condition,
+    email,
+    exit,
+    split,
+    wait,
+)
 
 logging.getLogger("pika").setLevel(logging.WARNING)
 
-__all__ = ["audience", "broker", "email", "exit"]
+__all__ = ["audience", "broker", "condition", "email", "exit", "split", "wait"]

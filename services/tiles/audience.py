@@ -11,11 +11,11 @@ from services.tiles.common import (
     claim_steps,
     hand_on,
     journey_gate,
-    load_plan,
     parse_message,
     publish_outbox,
     stop_contacts,
 )
+from services.tiles.plan import load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings

@@ -4,10 +4,8 @@ gate, the hand-on through the outbox, and leaving the journey."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,22 +14,10 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import get_settings
-from shared.definitions import AUDIENCE_TILE, Journey, walk_tiles
-from shared.errors import BrokenMessage, NotFound
+from services.tiles.plan import ACTOR_FOR_TYPE, JourneyPlan, load_plan
+from shared.errors import BrokenMessage
 
 logger = logging.getLogger(__name__)
-
-QUEUE_FOR_TYPE = {
-    "audience": "tile.audience",
-    "email": "tile.email",
-    "exit": "tile.exit",
-}
-ACTOR_FOR_TYPE = {
-    "audience": "audience_tile",
-    "email": "email_tile",
-    "exit": "exit_tile",
-}
-
 
 class ContactMessage(BaseModel):
     """The message a tile actor receives: which contacts reached which tile.
@@ -56,74 +42,6 @@ def parse_message(payload: Any) -> ContactMessage:
         raise BrokenMessage(
             f"message is not a valid contact message: {error.errors(include_url=False)}"
         ) from error
-
-
-@dataclass(frozen=True)
-class JourneyPlan:
-    """One published version of a journey, as the tiles need it."""
-
-    journey_id: int
-    name: str
-    version: int
-    definition: Journey
-    tiles: dict[str, Any]
-    next_tiles: dict[str, str | None]
-
-    def tile_type(self, tile_id: str) -> str:
-        if tile_id == AUDIENCE_TILE:
-            return "audience"
-        if tile_id not in self.tiles:
-            raise BrokenMessage(
-                f"journey {self.name!r} version {self.version} has no tile {tile_id!r}"
-            )
-        return str(self.tiles[tile_id].type)
-
-
-_plans: dict[tuple[int, int], JourneyPlan] = {}
-_plans_lock = threading.Lock()
-
-
-def load_plan(conn: psycopg.Connection, journey_id: int, version: int) -> JourneyPlan:
-    """Return a journey version's plan; versions never change, so it is cached."""
-    key = (journey_id, version)
-    with _plans_lock:
-        if key in _plans:
-            return _plans[key]
-    row = conn.execute(
-        "SELECT j.name, v.definition FROM journey_versions v"
-        " JOIN journeys j ON j.id = v.journey_id"
-        " WHERE v.journey_id = %s AND v.version = %s",
-        key,
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"journey {journey_id} has no version {version}")
-    definition = Journey.model_validate(row[1])
-    plan = _build_plan(journey_id, row[0], version, definition)
-    with _plans_lock:
-        _plans[key] = plan
-    return plan
-
-
-def _build_plan(
-    journey_id: int, name: str, version: int, definition: Journey
-) -> JourneyPlan:
-    tiles = walk_tiles(definition.tiles)
-    order = [AUDIENCE_TILE, *(tile.id for tile in tiles)]
-    next_tiles: dict[str, str | None] = {}
-    for position, tile_id in enumerate(order):
-        following = order[position + 1] if position + 1 < len(order) else None
-        next_tiles[tile_id] = following
-    for tile in tiles:
-        if tile.type == "exit":
-            next_tiles[tile.id] = None
-    return JourneyPlan(
-        journey_id,
-        name,
-        version,
-        definition,
-        {tile.id: tile for tile in tiles},
-        next_tiles,
-    )
 
 
 def journey_gate(
@@ -185,16 +103,18 @@ def hand_on(
     from_tile: str,
     contacts: Sequence[int],
     now: datetime,
+    branch: str | None = None,
 ) -> list[tuple]:
     """Move contacts from a tile to the next one inside the caller's transaction.
 
     Writes the next tile's step records and outbox rows, or finishes the
-    contacts' journey after the last tile. Returns the outbox rows to publish
-    once the transaction has committed.
+    contacts' journey where their path ends. `branch` picks the branch of a
+    condition or split tile. Returns the outbox rows to publish once the
+    transaction has committed.
     """
     if not contacts:
         return []
-    next_tile = plan.next_tiles.get(from_tile)
+    next_tile = plan.after(from_tile, branch)
     if next_tile is None:
         leave_journey(conn, plan.journey_id, contacts, "completed", None, now)
         return []
@@ -274,3 +194,37 @@ def claim_steps(
         (now, message.journey_id, message.tile, list(message.contacts)),
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def screen_contacts(
+    conn: psycopg.Connection, plan: JourneyPlan, tile: str, contacts: list[int], now: datetime
+) -> list[int]:
+    """Take contacts who unsubscribed, bounced or were suppressed out of the
+    journey at this tile; return the others.
+
+    The caller has completed the contacts' steps here; the ones that leave
+    get the outcome 'left' and the reason.
+    """
+    from services.tiles.consent import consent_reasons
+
+    reasons = consent_reasons(conn, plan, contacts)
+    for contact, reason in reasons.items():
+        conn.execute(
+            "UPDATE steps SET outcome = 'left', reason = %s"
+            " WHERE journey_id = %s AND tile = %s AND contact = %s",
+            (reason, plan.journey_id, tile, contact),
+        )
+        leave_journey(conn, plan.journey_id, [contact], "left", reason, now)
+    return [contact for contact in contacts if contact not in reasons]
+
+
+def open_gate(
+    conn: psycopg.Connection, plan: JourneyPlan, message: ContactMessage, now: datetime
+) -> bool:
+    """Return True when the journey takes work now; otherwise stop the
+    message's contacts at its tile and return False."""
+    gate = journey_gate(conn, plan.journey_id, now)
+    if gate is None:
+        return True
+    stop_contacts(conn, plan.journey_id, message.tile, message.contacts, gate, now)
+    return False

@@ -14,45 +14,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 import dramatiq
 import psycopg
+from psycopg.types.json import Jsonb
 
 from services.tiles.common import (
     ContactMessage,
-    JourneyPlan,
     hand_on,
     journey_gate,
     leave_journey,
-    load_plan,
     parse_message,
     publish_outbox,
     stop_contacts,
 )
+from services.tiles.email_content import PreparedSend, prepare_send
+from services.tiles.plan import JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker, current_retries
 from shared.config import get_settings
 from shared.db import get_pool
-from shared.definitions import ContentSettings, Email
 from shared.errors import PermanentError, SmtpTemporaryError
-from shared.mail import (
-    Envelope,
-    SmtpOutcomeUnknown,
-    SmtpRejected,
-    SmtpSender,
-    build_message,
-    normalize_address,
-    split_sender,
-    unsubscribe_mailto,
-)
+from shared.mail import SmtpOutcomeUnknown, SmtpRejected, SmtpSender
 from shared.metrics import count_outcome, observe_smtp
-from shared.templates import CompiledEmail, RenderedEmail, RenderError
-from shared.tokens import sign
 
 logger = logging.getLogger(__name__)
 configure_broker()
@@ -71,17 +57,8 @@ class Result(StrEnum):
     SKIPPED = "skipped"
 
 
-@dataclass(frozen=True)
-class PreparedSend:
-    address: str
-    message_id: str
-    data: bytes
-    sender_address: str
-
-
 _sender: SmtpSender | None = None
 _sender_lock = threading.Lock()
-_compiled: dict[tuple[str, int], CompiledEmail] = {}
 
 
 def smtp_sender() -> SmtpSender:
@@ -189,19 +166,24 @@ def _claim(
             )
             return None, Result.UNCONFIRMED
 
-        prepared, reason = _prepare(conn, plan, tile, contact)
+        send_id = _send_id(conn, plan, tile, contact)
+        prepared, reason = prepare_send(conn, plan, tile, contact, send_id)
         if prepared is None:
             return None, _refuse(conn, plan, tile, contact, now, reason)
         if previous is None:
             inserted = conn.execute(
-                "INSERT INTO sends (journey_id, tile, contact, address, state, message_id, started_at)"
-                " VALUES (%s, %s, %s, %s, 'sending', %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                "INSERT INTO sends (id, journey_id, tile, contact, address, state,"
+                " message_id, links, started_at)"
+                " VALUES (%s, %s, %s, %s, %s, 'sending', %s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
                 (
+                    send_id,
                     plan.journey_id,
                     tile,
                     contact,
                     prepared.address,
                     prepared.message_id,
+                    Jsonb(prepared.links),
                     now,
                 ),
             ).fetchone()
@@ -211,11 +193,23 @@ def _claim(
                 )
         else:
             conn.execute(
-                "UPDATE sends SET state = 'sending', attempts = attempts + 1, message_id = %s,"
-                " started_at = %s WHERE journey_id = %s AND tile = %s AND contact = %s",
-                (prepared.message_id, now, plan.journey_id, tile, contact),
+                "UPDATE sends SET state = 'sending', attempts = attempts + 1,"
+                " message_id = %s, links = %s, started_at = %s"
+                " WHERE id = %s",
+                (prepared.message_id, Jsonb(prepared.links), now, send_id),
             )
     return prepared, Result.SENT
+
+
+def _send_id(conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int) -> int:
+    """Return the send's number: the earlier attempt's, or a new one."""
+    row = conn.execute(
+        "SELECT id FROM sends WHERE journey_id = %s AND tile = %s AND contact = %s",
+        (plan.journey_id, tile, contact),
+    ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT nextval(pg_get_serial_sequence('sends', 'id'))").fetchone()
+    return int(row[0])  # type: ignore[index]
 
 
 def _refuse(
@@ -245,80 +239,6 @@ def _refuse(
         return Result.FAILED
     _finish(conn, plan, tile, contact, now, "completed", "blocked", reason)
     return Result.BLOCKED
-
-
-def _prepare(
-    conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int
-) -> tuple[PreparedSend | None, str]:
-    """Render the contact's email; return it, or None and why it is not sent."""
-    email_name = plan.tiles[tile].email
-    email = _load_email(conn, email_name)
-    if email is None:
-        return None, f"failed:email {email_name!r} is not published"
-    settings_row = _load_definition(
-        conn, "content-settings", plan.definition.content_settings
-    )
-    if settings_row is None or settings_row[0].status != "live":
-        return (
-            None,
-            f"failed:content settings {plan.definition.content_settings!r} are not published",
-        )
-    content_settings: ContentSettings = settings_row[0]
-
-    person = _load_contact(conn, contact)
-    if person is None:
-        return None, "failed:contact no longer exists"
-    if person["unsubscribed"]:
-        return None, "unsubscribed"
-    address = normalize_address(person["email"])
-    if address is None:
-        return None, "invalid_address"
-
-    token = sign(
-        get_settings().secret_key.get_secret_value().encode(),
-        "unsubscribe",
-        plan.journey_id,
-        contact,
-    )
-    try:
-        prepared = _render(email, content_settings, person, address, token)
-    except RenderError as error:
-        return None, f"failed:{error}"
-    return prepared, ""
-
-
-def _render(
-    email: tuple[CompiledEmail, Email],
-    settings: ContentSettings,
-    person: Mapping[str, Any],
-    address: str,
-    token: str,
-) -> PreparedSend:
-    compiled, definition = email
-    sender_name, sender_address = split_sender(definition.from_ or settings.sender)
-    separator = "&" if "?" in settings.subscription_center_url else "?"
-    unsubscribe_url = f"{settings.subscription_center_url}{separator}token={token}"
-    mailbox = (
-        settings.unsubscribe_mailto
-        or "unsubscribe@" + sender_address.rpartition("@")[2]
-    )
-    content = {
-        "sender_name": sender_name,
-        "sender_address": sender_address,
-        "postal_address": settings.postal_address,
-        "subscription_center_url": unsubscribe_url,
-    }
-    rendered: RenderedEmail = compiled.render(person, content)
-    envelope = Envelope(
-        sender_name=sender_name,
-        sender_address=sender_address,
-        recipient_name=f"{person['firstname']} {person['lastname']}".strip(),
-        recipient_address=address,
-        unsubscribe_url=unsubscribe_url,
-        unsubscribe_mailto=unsubscribe_mailto(mailbox, token),
-    )
-    message_id, data = build_message(envelope, rendered)
-    return PreparedSend(address, message_id, data, sender_address)
 
 
 def _send_and_record(
@@ -414,6 +334,11 @@ def _record(
             " WHERE journey_id = %s AND tile = %s AND contact = %s",
             (send_state, code, reply[:500], now, plan.journey_id, tile, contact),
         )
+        if result is Result.BOUNCED:
+            conn.execute(
+                "UPDATE contacts SET bounced_at = %s WHERE id = %s AND bounced_at IS NULL",
+                (now, contact),
+            )
         if result in _STEP_FOR_RESULT:
             state, outcome, reason = _STEP_FOR_RESULT[result]
             outbox = _finish(conn, plan, tile, contact, now, state, outcome, reason)
@@ -445,55 +370,6 @@ def _finish(
         return []
     leave_journey(conn, plan.journey_id, [contact], "left", reason or outcome, now)
     return []
-
-
-def _load_email(
-    conn: psycopg.Connection, name: str
-) -> tuple[CompiledEmail, Email] | None:
-    found = _load_definition(conn, "email", name)
-    if found is None or found[0].status != "live":
-        return None
-    email, revision = found
-    key = (name, revision)
-    if key not in _compiled:
-        _compiled[key] = CompiledEmail(email)
-    return _compiled[key], email
-
-
-def _load_definition(
-    conn: psycopg.Connection, kind: str, name: str
-) -> tuple[Any, int] | None:
-    row = conn.execute(
-        "SELECT body, revision FROM definitions WHERE kind = %s AND name = %s",
-        (kind, name),
-    ).fetchone()
-    if row is None:
-        return None
-    model = (
-        Email.model_validate(row[0])
-        if kind == "email"
-        else ContentSettings.model_validate(row[0])
-    )
-    return model, row[1]
-
-
-def _load_contact(conn: psycopg.Connection, contact: int) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT contact_id, email, firstname, lastname, unsubscribed, fields FROM contacts WHERE id = %s",
-        (contact,),
-    ).fetchone()
-    if row is None:
-        return None
-    contact_id, email, firstname, lastname, unsubscribed, fields = row
-    person = dict(fields)
-    person.update(
-        contact_id=contact_id or "",
-        email=email,
-        firstname=firstname,
-        lastname=lastname,
-        unsubscribed=unsubscribed,
-    )
-    return person
 
 
 @dramatiq.actor(

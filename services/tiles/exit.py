@@ -9,10 +9,10 @@ from services.tiles.common import (
     claim_steps,
     journey_gate,
     leave_journey,
-    load_plan,
     parse_message,
     stop_contacts,
 )
+from services.tiles.plan import load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings

@@ -117,14 +117,14 @@ def test_unknown_tile_type_names_tile_and_types(tmp_path: Path) -> None:
     text = JOURNEY_HEAD + "tiles:\n  - {id: text-me, type: sms}\n"
     problem = single(load_text(tmp_path, text))
     assert problem.tile == "text-me"
-    assert problem.message == "unknown tile type 'sms'; expected one of email, exit"
+    assert problem.message == "unknown tile type 'sms'; expected one of email, wait, condition, split, exit"
 
 
 def test_tile_without_type_rejected(tmp_path: Path) -> None:
     text = JOURNEY_HEAD + "tiles:\n  - {id: first}\n"
     problem = single(load_text(tmp_path, text))
     assert problem.tile == "first"
-    assert problem.message == "tile has no 'type'; expected one of email, exit"
+    assert problem.message == "tile has no 'type'; expected one of email, wait, condition, split, exit"
 
 
 def test_tile_without_id_named_by_position(tmp_path: Path) -> None:
