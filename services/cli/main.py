@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -230,6 +231,52 @@ def coordinator() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_event.set())
     run_forever(stop_event, settings)
+
+
+@app.command()
+def simulate(
+    paths: Paths,
+    contacts: Annotated[Path, typer.Option("--contacts", help="CSV file of contacts.")],
+    start: Annotated[
+        str | None, typer.Option("--from", help="Virtual start, ISO 8601 with offset; the journey's start by default.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Virtual end, ISO 8601 with offset; when nothing is left to happen by default.")
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option("--interactions", help="CSV of contact,tile,kind,at[,link] rows.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run journeys on a virtual clock in one process, sending nothing, and print
+    every contact's path and the per-tile counts."""
+    from services.simulation.run import simulate as run_simulation
+
+    _setup_logging()
+    code = run_simulation(
+        console,
+        paths,
+        contacts,
+        start=_aware(start, "--from"),
+        until=_aware(until, "--until"),
+        interactions_file=interactions,
+        as_json=as_json,
+    )
+    raise typer.Exit(code)
+
+
+def _aware(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 date-time", param_hint=option) from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter(
+            f"{text!r} has no offset; add one, such as 2027-05-03T09:00:00+02:00", param_hint=option
+        )
+    return moment
 
 
 @app.command()
