@@ -162,6 +162,22 @@ def status(name: str, as_json: AsJson = False) -> None:
         print_status(console, payload)
 
 
+@app.command()
+def insights(name: str, as_json: AsJson = False) -> None:
+    """Show email results with rates, branch counts and how contacts left the journey."""
+    from services.cli.output import print_insights
+    from shared.insights import journey_insights
+    from shared.store import journey_row
+
+    with _connect() as conn:
+        journey = _journey_or_exit(conn, name, journey_row)
+        payload = journey_insights(conn, journey["id"])
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print_insights(console, payload)
+
+
 def _journey_or_exit(conn, name, journey_row):  # type: ignore[no-untyped-def]
     try:
         return journey_row(conn, name)

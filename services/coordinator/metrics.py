@@ -49,6 +49,7 @@ class JourneyCollector(Collector):
             logger.warning("cannot read journey counts for /metrics: %s", error)
             return
         yield from (entered, contacts, emails, journeys, outbox)
+        yield from self._insights()
         yield GaugeMetricFamily(
             "journeys_coordinator_last_tick_timestamp_seconds",
             "Unix time of the coordinator's last finished tick.",
@@ -59,6 +60,48 @@ class JourneyCollector(Collector):
             "Unix time of this scrape.",
             value=time.time(),
         )
+
+    def _insights(self) -> Iterator:
+        """Interactions and branch counts, the same numbers `journeys insights` shows."""
+        from shared.insights import journey_insights
+
+        interactions = CounterMetricFamily(
+            "journeys_email_interactions",
+            "Unique contacts per email tile and interaction: opened, clicked, "
+            "unsubscribed, bounced_hard, bounced_soft, delivered.",
+            labels=["journey", "tile", "interaction"],
+        )
+        branches = GaugeMetricFamily(
+            "journeys_branch_contacts",
+            "Contacts that took each branch of a condition or split tile.",
+            labels=["journey", "tile", "branch"],
+        )
+        left = GaugeMetricFamily(
+            "journeys_contacts_left",
+            "Contacts that left a journey early, by reason.",
+            labels=["journey", "reason"],
+        )
+        try:
+            with get_pool().connection() as conn:
+                for (journey_id,) in conn.execute("SELECT id FROM journeys ORDER BY id").fetchall():
+                    data = journey_insights(conn, journey_id)
+                    name = data["journey"]
+                    for item in data["emails"]:
+                        for key in ("delivered", "unsubscribed"):
+                            interactions.add_metric([name, item["id"], key], item[key])
+                        for key in ("opened", "clicked"):
+                            interactions.add_metric([name, item["id"], key], item[key]["unique"])
+                        for key in ("hard", "soft"):
+                            interactions.add_metric([name, item["id"], f"bounced_{key}"], item["bounced"][key])
+                    for item in data["branches"]:
+                        for branch, count in item["branches"].items():
+                            branches.add_metric([name, item["id"], branch], count)
+                    for reason, count in data["contacts"]["left_early"].items():
+                        left.add_metric([name, reason], count)
+        except psycopg.Error as error:
+            logger.warning("cannot read journey insights for /metrics: %s", error)
+            return
+        yield from (interactions, branches, left)
 
     def _fill(self, entered, contacts, emails, journeys, outbox) -> None:  # type: ignore[no-untyped-def]
         with get_pool().connection() as conn:

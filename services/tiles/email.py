@@ -368,7 +368,14 @@ def _finish(
         if journey_gate(conn, plan.journey_id, now) is None:
             return hand_on(conn, plan, tile, [contact], now)
         return []
-    leave_journey(conn, plan.journey_id, [contact], "left", reason or outcome, now)
+    # The entry keeps the kind of exit; the step keeps the detail.
+    if outcome == "bounced":
+        exit_reason = "bounced"
+    elif state == "failed":
+        exit_reason = "failed"
+    else:
+        exit_reason = reason or outcome or state
+    leave_journey(conn, plan.journey_id, [contact], "left", exit_reason, now)
     return []
 
 

@@ -165,8 +165,10 @@ def test_headers_carry_one_click_unsubscribe(db, processes, smtp_sink, tmp_path)
     processes.start_coordinator()
     wait_until(lambda: len(smtp_sink.handler.messages) == 3, 60, what="three emails")
 
-    journey_id = db.execute("SELECT id FROM journeys").fetchone()[0]
-    ids = dict(db.execute("SELECT email, id FROM contacts").fetchall())
+    sends = {
+        address: (send_id, contact)
+        for send_id, contact, address in db.execute("SELECT id, contact, address FROM sends")
+    }
     tokens = set()
     for message in smtp_sink.handler.parsed():
         header = str(message["List-Unsubscribe"])
@@ -176,8 +178,8 @@ def test_headers_carry_one_click_unsubscribe(db, processes, smtp_sink, tmp_path)
         )
         assert match, header
         claims = verify(b"test-secret-key", match.group(2))
-        assert claims.journey_id == journey_id
-        assert claims.contact == ids[message["To"].addresses[0].addr_spec]
+        assert claims.purpose == "unsubscribe"
+        assert claims.send_id == sends[message["To"].addresses[0].addr_spec][0]
         assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
         assert message["Message-ID"]
         assert message.get_body(("plain",)) is not None
