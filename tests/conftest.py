@@ -22,7 +22,7 @@ os.environ.setdefault("JOURNEYS_SECRET_KEY", "test-secret-key")
 from services.embedded.sink import SmtpSink
 from shared.config import get_settings
 from shared.db import close_pool, migrate
-from tests.support import TABLES, Processes
+from tests.support import TABLES, Processes, VirtualTime, free_port
 
 ADMIN_URL = os.environ.get(
     "JOURNEYS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -91,13 +91,17 @@ def processes(
 ) -> Iterator[Processes]:
     """Starts workers and coordinators against this test's database, virtual
     host and SMTP sink; stops them all when the test ends."""
+    tracking_port = free_port()
     group = Processes(
         env={
+            "JOURNEYS_TRACKING_PORT": str(tracking_port),
+            "JOURNEYS_TRACKING_URL": f"http://127.0.0.1:{tracking_port}",
             "JOURNEYS_DATABASE_URL": database_url,
             "JOURNEYS_BROKER_URL": rabbitmq_url,
             "JOURNEYS_SMTP_URL": smtp_sink.url,
             "JOURNEYS_SECRET_KEY": os.environ["JOURNEYS_SECRET_KEY"],
             "JOURNEYS_TICK_SECONDS": "0.5",
+            "JOURNEYS_CLOCK_OFFSET_FILE": str(tmp_path / "clock-offset"),
         },
         logs=tmp_path / "logs",
     )
@@ -105,3 +109,10 @@ def processes(
     yield group
     group.stop_all()
     group.purge_queues()
+
+
+@pytest.fixture
+def virtual_time(processes: Processes) -> VirtualTime:
+    """The clock of the processes this test starts; it runs at real speed
+    from wherever the test last set it."""
+    return VirtualTime(Path(processes.env["JOURNEYS_CLOCK_OFFSET_FILE"]))

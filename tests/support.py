@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,18 @@ TABLES = (
     "steps",
     "outbox",
     "sends",
+    "timers",
+    "interactions",
 )
-TILE_QUEUES = ("tile.audience", "tile.email", "tile.exit")
+TILE_QUEUES = (
+    "tile.audience",
+    "tile.email",
+    "tile.wait",
+    "tile.condition",
+    "tile.split",
+    "tile.exit",
+    "events.interactions",
+)
 
 HTML = (
     "<p>Hello {{ contact.firstname }},</p><p>news for you.</p>"
@@ -216,6 +226,13 @@ class Processes:
         self.metrics_ports[process.pid] = port
         return process
 
+    def start_tracking(self) -> subprocess.Popen:
+        """Start the tracking service on the port that the email links name."""
+        process = self._start("tracking", ["tracking"], {})
+        port = int(self.env["JOURNEYS_TRACKING_PORT"])
+        wait_until(lambda: _answers(port), 30, what="the tracking service")
+        return process
+
     def start_coordinator(self) -> subprocess.Popen:
         port = free_port()
         process = self._start(
@@ -312,6 +329,31 @@ class Processes:
         finally:
             connection.close()
         return count
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class VirtualTime:
+    """Moves the clock of every process started with this offset file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.write_text("0")
+
+    def set(self, moment: datetime) -> None:
+        offset = (moment - datetime.now(UTC)).total_seconds()
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(repr(offset))
+        temporary.replace(self.path)  # atomic, so no process reads half a number
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=float(self.path.read_text()))
 
 
 def step_counts(conn: psycopg.Connection, tile: str) -> dict[str, int]:
