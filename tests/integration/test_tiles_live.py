@@ -3,8 +3,10 @@ processes' clock moved through journey time by an offset file."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -12,9 +14,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from services.simulation.report import contact_paths
 from shared.contacts import import_contacts
 from shared.golive import go_live_paths
 from tests.support import (
+    ROOT,
     recipients,
     simple_contacts,
     step_counts,
@@ -66,6 +70,33 @@ def _pixel_url(sink, address: str, subject_part: str = "") -> str:
             assert match, html
             return match.group(1)
     raise AssertionError(f"no email to {address}")
+
+
+def _simplified(payload: dict) -> tuple[dict, list]:
+    """Each contact's (tile, state, outcome) steps and the tile counts, the
+    parts that a simulation and a live run must share."""
+    paths = {
+        item["contact"]: [(s["tile"], s["state"], s["outcome"]) for s in item["steps"]]
+        for item in payload["contacts"]
+    }
+    return paths, payload["tiles"]
+
+
+def _simulate(path, contacts, interactions, tmp_path) -> tuple[dict, list]:
+    contacts_file = write_contacts(tmp_path / "simulated-contacts.csv", contacts)
+    interactions_file = write_contacts(tmp_path / "interactions.csv", interactions)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "simulate", str(path),
+         "--contacts", str(contacts_file), "--interactions", str(interactions_file), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return _simplified(json.loads(result.stdout)["journeys"][0])
+
+
+def _live(db) -> tuple[dict, list]:
+    journey_id = db.execute("SELECT id FROM journeys").fetchone()[0]
+    return _simplified(contact_paths(db, journey_id))
 
 
 def _settled(db) -> bool:
@@ -123,6 +154,15 @@ def test_window_and_wait_follow_journey_time(db, processes, smtp_sink, virtual_t
     assert db.execute("SELECT count(*) FROM timers").fetchone() == (0,)
     assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
 
+    simulated = _simulate(
+        path,
+        [{**simple_contacts(2)[0], "joined_at": ""},
+         {**simple_contacts(2)[1], "joined_at": "2027-05-03T11:00:00+02:00"}],
+        [{"contact": "c1", "tile": "email-1", "kind": "opened", "at": "2027-05-03T12:30:00+02:00"}],
+        tmp_path,
+    )
+    assert simulated == _live(db)
+
 
 @pytest.mark.slow
 def test_condition_on_open_takes_one_branch_each(db, processes, smtp_sink, virtual_time, tmp_path):
@@ -155,6 +195,17 @@ def test_condition_on_open_takes_one_branch_each(db, processes, smtp_sink, virtu
     assert branches == {"yes": 1, "no": 2}
     assert sum(branches.values()) == db.execute("SELECT count(*) FROM steps WHERE tile = 'opened-e'").fetchone()[0]
     assert Counter(recipients(smtp_sink)) == {f"c{n}@example.com": 2 for n in (1, 2, 3)}
+
+    simulated = _simulate(
+        path,
+        simple_contacts(3),
+        [
+            {"contact": "c1", "tile": "email-e", "kind": "opened", "at": "2027-06-01T10:00:00Z"},
+            {"contact": "c3", "tile": "email-e", "kind": "opened", "at": "2027-06-04T09:00:00Z"},
+        ],
+        tmp_path,
+    )
+    assert simulated == _live(db)
 
 
 @pytest.mark.slow
