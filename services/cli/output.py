@@ -54,7 +54,7 @@ def print_outcome(
     warnings = len(outcome.problems) - len(outcome.errors)
     if not checked_database:
         console.print(
-            "database not reachable: references were checked against these files only"
+            "no journeys database reached: references were checked against these files only"
         )
     console.print(f"{len(outcome.errors)} error(s), {warnings} warning(s)")
 
