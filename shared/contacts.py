@@ -24,7 +24,7 @@ BATCH_ROWS = 5_000
 # over-long value become a bad row, reported like any other.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _TRUE = {"true", "yes", "1", "y"}
-_FALSE = {"false", "no", "0", "n", ""}
+_FALSE = {"false", "no", "0", "n"}
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def _parse_row(
         return None
     record = {name: value.strip() for name, value in zip(header, values, strict=True)}
     unsubscribed = record.get("unsubscribed", "").lower()
-    if unsubscribed not in _TRUE | _FALSE:
+    if unsubscribed not in _TRUE | _FALSE | {""}:
         report.bad_rows.append(
             BadRow(
                 line,
@@ -214,13 +214,15 @@ ON CONFLICT (key) DO UPDATE SET
     email = EXCLUDED.email,
     firstname = EXCLUDED.firstname,
     lastname = EXCLUDED.lastname,
-    unsubscribed = EXCLUDED.unsubscribed,
+    -- An import can unsubscribe a contact but never subscribes one again:
+    -- an unsubscribe by link or queue outlives any later import.
+    unsubscribed = c.unsubscribed OR EXCLUDED.unsubscribed,
     fields = c.fields || EXCLUDED.fields,
     updated_at = clock_timestamp()
 WHERE (c.contact_id, c.email, c.firstname, c.lastname, c.unsubscribed, c.fields)
       IS DISTINCT FROM
       (EXCLUDED.contact_id, EXCLUDED.email, EXCLUDED.firstname, EXCLUDED.lastname,
-       EXCLUDED.unsubscribed, c.fields || EXCLUDED.fields)
+       c.unsubscribed OR EXCLUDED.unsubscribed, c.fields || EXCLUDED.fields)
 RETURNING (xmax = 0) AS inserted
 """
 

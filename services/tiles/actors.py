@@ -20,7 +20,17 @@ from services.tiles import (  # noqa: E402
     split,
     wait,
 )
+from services.events import actors as interaction_events  # noqa: E402
 
 logging.getLogger("pika").setLevel(logging.WARNING)
 
-__all__ = ["audience", "broker", "condition", "email", "exit", "split", "wait"]
+__all__ = [
+    "audience",
+    "broker",
+    "condition",
+    "email",
+    "exit",
+    "interaction_events",
+    "split",
+    "wait",
+]

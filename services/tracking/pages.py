@@ -54,7 +54,7 @@ def pixel() -> Response:
 
 
 def page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
-    """Build an HTML page; `body` is trusted markup, `title` is escaped."""
+    """Build an HTML page from trusted `body` markup and an escaped `title`."""
     content = _LAYOUT.format(title=html.escape(title), body=body)
     return HTMLResponse(content, status_code=status_code, headers=_PAGE_HEADERS)
 
@@ -68,7 +68,7 @@ def invalid_link() -> HTMLResponse:
 
 
 def confirm_unsubscribe(token: str) -> HTMLResponse:
-    """Build the page that asks before unsubscribing.
+    """Build the confirmation page shown before unsubscribing.
 
     The button submits List-Unsubscribe=One-Click, the same body that mail
     clients send, so both requests take one path. The relative form action

@@ -37,7 +37,7 @@ def resolve_click(claims: TokenClaims, *, record: bool) -> tuple[str, str | None
             return "invalid", None
         if claims.link >= len(send.links):
             logger.info(
-                "click token of send %s rejected: link number %s, the send has %s links",
+                "click token of send %s rejected: link %s of %s links",
                 claims.send_id,
                 claims.link,
                 len(send.links),
@@ -48,7 +48,7 @@ def resolve_click(claims: TokenClaims, *, record: bool) -> tuple[str, str | None
             ("http://", "https://")
         ):
             # The email tile stores only http and https addresses, so another
-            # value means the row was changed by hand; never redirect to it.
+            # value means that someone changed the row by hand. It is not followed.
             logger.warning(
                 "click of send %s link %s rejected: the stored link is not an "
                 "http or https address",
@@ -83,8 +83,8 @@ def unsubscribe(send_id: int) -> str:
         if send is None:
             logger.info("unsubscribe token rejected: send %s does not exist", send_id)
             return "invalid"
-        # Any state of the send counts, unlike opens and clicks: a send left
-        # 'unconfirmed' or 'deferred' may still have reached the contact.
+        # Unlike opens and clicks, an unsubscribe counts for a send in any state,
+        # because a send left 'unconfirmed' or 'deferred' may have reached the contact.
         if _already_unsubscribed(conn, send):
             return "ignored"
         record_interaction(conn, send, "unsubscribed", clock.now())

@@ -302,3 +302,11 @@ def test_values_stripped(db: psycopg.Connection, tmp_path: Path) -> None:
         "unsubscribed": False,
         "fields": {},
     }
+
+
+def test_reimport_never_resubscribes(db: psycopg.Connection, tmp_path: Path) -> None:
+    rows = simple_contacts(2)
+    import_contacts(db, write_contacts(tmp_path / "a.csv", [{**r, "unsubscribed": "true"} for r in rows]))
+    import_contacts(db, write_contacts(tmp_path / "b.csv", [{**rows[0], "unsubscribed": "false"}, rows[1]]))
+    flags = dict(db.execute("SELECT contact_id, unsubscribed FROM contacts").fetchall())
+    assert flags == {"c1": True, "c2": True}
