@@ -312,3 +312,46 @@ def test_dropped_connection_while_waiting_duplicates_nothing(db, processes, smtp
     assert Counter(recipients(smtp_sink)) == {f"c{n}@example.com": 1 for n in range(1, 101)}
     assert step_counts(db, "mail") == {"sent": 100}
     assert step_counts(db, "wait-15s") == {"completed": 100}
+
+
+@pytest.mark.slow
+def test_hard_bounce_during_wait_leaves_once(db, processes, smtp_sink, virtual_time, tmp_path):
+    """A bounce reported on the events queue while c1 waits: no second email,
+    c1 leaves once with the reason 'bounced', c2 goes on."""
+    start = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
+    virtual_time.set(start)
+    import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(2)))
+    tiles = [
+        {"id": "email-1", "type": "email", "email": "first"},
+        {"id": "wait-1d", "type": "wait", "duration": "1d"},
+        {"id": "email-2", "type": "email", "email": "second"},
+    ]
+    path = write_definitions(
+        tmp_path, start="2027-06-01 09:00", end="2027-07-01 09:00", emails=EMAILS, tiles=tiles
+    )
+    _go_live(db, path, virtual_time.now())
+    processes.start_workers(processes=1, threads=4)
+    processes.start_coordinator()
+    wait_until(lambda: len(smtp_sink.handler.messages) == 2, 30, what="two first emails")
+
+    message_id = db.execute(
+        "SELECT message_id FROM sends WHERE address = 'c1@example.com'"
+    ).fetchone()[0]
+    event = {"kind": "bounce", "message_id": message_id, "hard": True, "at": virtual_time.now().isoformat()}
+    processes.publish("events.interactions", "interaction_event", [event, event])
+    wait_until(
+        lambda: db.execute("SELECT bounced_at IS NOT NULL FROM contacts WHERE contact_id = 'c1'").fetchone() == (True,),
+        30, what="the bounce recorded",
+    )
+    virtual_time.set(start + timedelta(days=1, seconds=1))
+    wait_until(lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (0,) and _settled(db), 30, what="the wait")
+    time.sleep(1)
+
+    assert Counter(recipients(smtp_sink)) == {"c1@example.com": 1, "c2@example.com": 2}
+    reasons = dict(db.execute(
+        "SELECT c.contact_id, e.reason FROM entries e JOIN contacts c ON c.id = e.contact"
+    ).fetchall())
+    assert reasons == {"c1": "bounced", "c2": None}
+    assert db.execute("SELECT count(*) FROM interactions WHERE kind = 'bounced'").fetchone() == (1,)
+    for queue in ("tile.email", "tile.wait", "tile.email.DQ", "events.interactions"):
+        assert processes.queue_depth(queue) == 0, queue
