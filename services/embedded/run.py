@@ -127,12 +127,14 @@ def _process_until_idle(
             time.sleep(POLL_SECONDS)
 
 
-def _progress_counts(
-    conn: psycopg.Connection, journey_ids: list[int]
-) -> tuple[int, int]:
+def _progress_counts(conn: psycopg.Connection, journey_ids: list[int]) -> tuple[int, int]:
+    """Return the contacts that entered and those still moving; a contact
+    held by a wait or condition timer is not moving until it falls due."""
     row = conn.execute(
         "SELECT (SELECT count(*) FROM entries WHERE journey_id = ANY(%s)),"
-        " (SELECT count(*) FROM entries WHERE journey_id = ANY(%s) AND state = 'in_progress')",
+        " (SELECT count(*) FROM entries e WHERE e.journey_id = ANY(%s)"
+        "  AND e.state = 'in_progress' AND NOT EXISTS (SELECT 1 FROM timers t"
+        "  WHERE t.journey_id = e.journey_id AND t.contact = e.contact))",
         (journey_ids, journey_ids),
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
@@ -165,3 +167,11 @@ def _print_results(
         print_status(
             console, status_payload(journey, tile_counts(conn, journey_id), now)
         )
+        waiting = conn.execute(
+            "SELECT count(*), min(due_at) FROM timers WHERE journey_id = %s", (journey_id,)
+        ).fetchone()
+        if waiting and waiting[0]:
+            console.print(
+                f"{waiting[0]} contacts wait in journey {journey['name']!r}, the first "
+                f"until {waiting[1]:%Y-%m-%d %H:%M}Z; run again after that to move them on"
+            )
