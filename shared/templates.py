@@ -10,7 +10,7 @@ from typing import Any
 
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -60,7 +60,7 @@ class CompiledEmail:
         self.name = email.name
         self.subject = _plain_env.from_string(email.subject)
         self.html = _html_env.from_string(email.html)
-        self.text = _plain_env.from_string(email.text) if email.text else None
+        self.text = _plain_env.from_string(email.text) if email.text else _derived_text(email.html)
 
     def render(
         self, contact: Mapping[str, Any], content: Mapping[str, Any]
@@ -75,6 +75,17 @@ class CompiledEmail:
                 f"email {self.name!r} cannot be rendered: {error}"
             ) from error
         return RenderedEmail(subject=subject, html=html, text=text)
+
+
+def _derived_text(html_source: str) -> Template | None:
+    """Derive the text template from the HTML template once, so that no send
+    pays for an HTML-to-text conversion. Returns None when the derived text is
+    no valid template (markup inside a template tag, say); each render then
+    converts its own HTML."""
+    try:
+        return _plain_env.from_string(html_to_text(html_source))
+    except TemplateSyntaxError:
+        return None
 
 
 def one_line(value: str) -> str:
