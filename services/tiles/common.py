@@ -19,6 +19,7 @@ from shared.errors import BrokenMessage
 
 logger = logging.getLogger(__name__)
 
+
 class ContactMessage(BaseModel):
     """The message a tile actor receives: which contacts reached which tile.
 
@@ -129,22 +130,44 @@ def enqueue_step(
     contacts: Sequence[int],
     now: datetime,
 ) -> list[tuple]:
-    """Create in-progress steps at `tile` and their outbox rows; skip contacts
-    that already have a step there."""
-    created = conn.execute(
-        "INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)"
-        " SELECT %s, %s, contact, %s, 'in_progress', %s FROM unnest(%s::bigint[]) AS contact"
-        " ON CONFLICT DO NOTHING RETURNING contact",
-        (journey_id, tile, version, now, list(contacts)),
-    ).fetchall()
-    if not created:
-        return []
-    return conn.execute(
-        "INSERT INTO outbox (journey_id, version, tile, contact)"
-        " SELECT %s, %s, %s, contact FROM unnest(%s::bigint[]) AS contact"
-        " RETURNING id, journey_id, version, tile, contact",
-        (journey_id, version, tile, [row[0] for row in created]),
-    ).fetchall()
+    """Create in-progress steps at `tile` and their outbox rows, in one round
+    trip; skip contacts that already have a step there, and everyone when
+    the journey is no longer live, since its end stops contacts already."""
+    return start_enqueue(conn, journey_id, version, tile, contacts, now).fetchall()
+
+
+def start_enqueue(
+    conn: psycopg.Connection,
+    journey_id: int,
+    version: int,
+    tile: str,
+    contacts: Sequence[int],
+    now: datetime,
+) -> psycopg.Cursor:
+    """Run enqueue_step's statement and return its cursor unread, so that in
+    pipeline mode the rows arrive with the pipeline's one round trip."""
+    params = {
+        "journey": journey_id,
+        "version": version,
+        "tile": tile,
+        "now": now,
+        "contacts": list(contacts),
+    }
+    return conn.execute(_ENQUEUE, params)
+
+
+_ENQUEUE = """
+WITH created AS (
+    INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)
+    SELECT %(journey)s, %(tile)s, contact, %(version)s, 'in_progress', %(now)s
+    FROM unnest(%(contacts)s::bigint[]) AS contact
+    WHERE EXISTS (SELECT 1 FROM journeys
+                  WHERE id = %(journey)s AND status = 'live' AND end_at > %(now)s)
+    ON CONFLICT DO NOTHING RETURNING contact)
+INSERT INTO outbox (journey_id, version, tile, contact)
+SELECT %(journey)s, %(version)s, %(tile)s, contact FROM created
+RETURNING id, journey_id, version, tile, contact
+"""
 
 
 def publish_outbox(conn: psycopg.Connection, rows: Sequence[tuple]) -> int:
@@ -197,7 +220,11 @@ def claim_steps(
 
 
 def screen_contacts(
-    conn: psycopg.Connection, plan: JourneyPlan, tile: str, contacts: list[int], now: datetime
+    conn: psycopg.Connection,
+    plan: JourneyPlan,
+    tile: str,
+    contacts: list[int],
+    now: datetime,
 ) -> list[int]:
     """Take contacts who unsubscribed, bounced or were suppressed out of the
     journey at this tile; return the others.

@@ -43,7 +43,11 @@ from shared.segments import membership
 configure_broker()
 
 # The interactions a condition's event is met by.
-EVENT_KINDS = {"opened": ("opened", "clicked"), "clicked": ("clicked",), "unsubscribed": ("unsubscribed",)}
+EVENT_KINDS = {
+    "opened": ("opened", "clicked"),
+    "clicked": ("clicked",),
+    "unsubscribed": ("unsubscribed",),
+}
 
 
 def run_condition(message: ContactMessage) -> None:
@@ -75,7 +79,9 @@ def _decide_on_data(
     holding = {
         row[0]
         for row in conn.execute(
-            sql.SQL("SELECT c.id FROM contacts c WHERE c.id = ANY(%s) AND {}").format(predicate),
+            sql.SQL("SELECT c.id FROM contacts c WHERE c.id = ANY(%s) AND {}").format(
+                predicate
+            ),
             (claimed,),
         )
     }
@@ -141,7 +147,9 @@ def _start_watching(
     decided = [contact for contact in pending if contact in already]
     if decided:
         decided_message = message.model_copy(update={"contacts": decided})
-        claimed = screen_contacts(conn, plan, tile.id, claim_steps(conn, decided_message, now), now)
+        claimed = screen_contacts(
+            conn, plan, tile.id, claim_steps(conn, decided_message, now), now
+        )
         outbox = _take_branches(conn, plan, tile.id, claimed, set(claimed), now)
     else:
         outbox = []

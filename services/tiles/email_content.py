@@ -23,10 +23,12 @@ from shared.mail import (
     split_sender,
     unsubscribe_mailto,
 )
-from shared.templates import CompiledEmail, RenderError
+from shared.templates import CompiledEmail
 from shared.tokens import sign
 
-_ANCHOR_HREF = re.compile(r'(<a\b[^>]*?\bhref\s*=\s*")(https?://[^"]+)(")', re.IGNORECASE)
+_ANCHOR_HREF = re.compile(
+    r'(<a\b[^>]*?\bhref\s*=\s*")(https?://[^"]+)(")', re.IGNORECASE
+)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
@@ -57,39 +59,63 @@ class _CompiledCache:
 _compiled = _CompiledCache()
 
 
-def prepare_send(
-    conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int, send_id: int
-) -> tuple[PreparedSend | None, str]:
-    """Render the contact's email; return it, or None and why it is not sent.
+@dataclass(frozen=True)
+class EmailContext:
+    """What every contact of one email tile shares: the compiled email and
+    the content settings, or why the tile cannot send at all."""
 
-    A reason starting with 'failed:' means the email itself cannot go out;
-    any other reason blocks this contact only.
-    """
+    compiled: CompiledEmail | None
+    email: Email | None
+    settings: ContentSettings | None
+    failure: str | None
+
+
+def load_context(
+    conn: psycopg.Connection, plan: JourneyPlan, tile: str
+) -> EmailContext:
     email_name = plan.tiles[tile].email
     email = _load_definition(conn, "email", email_name)
     if email is None:
-        return None, f"failed:email {email_name!r} is not published"
+        return EmailContext(None, None, None, f"email {email_name!r} is not published")
     settings_name = plan.definition.content_settings
-    content_settings = _load_definition(conn, "content-settings", settings_name)
-    if content_settings is None:
-        return None, f"failed:content settings {settings_name!r} are not published"
+    settings = _load_definition(conn, "content-settings", settings_name)
+    if settings is None:
+        return EmailContext(
+            None, None, None, f"content settings {settings_name!r} are not published"
+        )
+    return EmailContext(_compiled.get(email[0], email[1]), email[0], settings[0], None)
 
-    person = _load_contact(conn, contact)
-    if person is None:
-        return None, "failed:contact no longer exists"
-    consent = consent_reasons(conn, plan, [contact])
-    if contact in consent:
-        return None, consent[contact]
-    address = normalize_address(person["email"])
-    if address is None:
-        return None, "invalid_address"
 
-    try:
-        compiled = _compiled.get(email[0], email[1])
-        prepared = _render(compiled, email[0], content_settings[0], person, address, send_id)
-    except RenderError as error:
-        return None, f"failed:{error}"
-    return prepared, ""
+def load_recipients(
+    conn: psycopg.Connection, plan: JourneyPlan, contacts: list[int]
+) -> tuple[dict[int, tuple[dict[str, Any], str]], dict[int, str]]:
+    """Return the contacts who may be emailed, with their data and address,
+    and the others with why not: a consent reason, an invalid address, or
+    'failed:' when the contact no longer exists."""
+    people = _load_contacts(conn, contacts)
+    refused = consent_reasons(conn, plan, list(people))
+    allowed: dict[int, tuple[dict[str, Any], str]] = {}
+    for contact in contacts:
+        person = people.get(contact)
+        if person is None:
+            refused[contact] = "failed:contact no longer exists"
+        elif contact not in refused:
+            address = normalize_address(person["email"])
+            if address is None:
+                refused[contact] = "invalid_address"
+            else:
+                allowed[contact] = (person, address)
+    return allowed, refused
+
+
+def render_send(
+    context: EmailContext, person: Mapping[str, Any], address: str, send_id: int
+) -> PreparedSend:
+    """Render one contact's email; raises RenderError when the template fails."""
+    assert context.compiled and context.email and context.settings
+    return _render(
+        context.compiled, context.email, context.settings, person, address, send_id
+    )
 
 
 def _render(
@@ -105,7 +131,10 @@ def _render(
     token = sign(secret, "unsubscribe", send_id)
     separator = "&" if "?" in settings.subscription_center_url else "?"
     unsubscribe_url = f"{settings.subscription_center_url}{separator}token={token}"
-    mailbox = settings.unsubscribe_mailto or "unsubscribe@" + sender_address.rpartition("@")[2]
+    mailbox = (
+        settings.unsubscribe_mailto
+        or "unsubscribe@" + sender_address.rpartition("@")[2]
+    )
     content = {
         "sender_name": sender_name,
         "sender_address": sender_address,
@@ -113,7 +142,9 @@ def _render(
         "subscription_center_url": unsubscribe_url,
     }
     rendered = compiled.render(person, content)
-    tracked_html, links = track_links(rendered.html, send_id, secret, keep=unsubscribe_url)
+    tracked_html, links = track_links(
+        rendered.html, send_id, secret, keep=unsubscribe_url
+    )
     envelope = Envelope(
         sender_name=sender_name,
         sender_address=sender_address,
@@ -126,7 +157,9 @@ def _render(
     return PreparedSend(address, message_id, data, sender_address, links)
 
 
-def track_links(body: str, send_id: int, secret: bytes, keep: str) -> tuple[str, list[str]]:
+def track_links(
+    body: str, send_id: int, secret: bytes, keep: str
+) -> tuple[str, list[str]]:
     """Point each link of the HTML at the click redirect, and add the open pixel.
 
     Returns the new HTML and the original addresses, in link-number order; the
@@ -156,7 +189,9 @@ def track_links(body: str, send_id: int, secret: bytes, keep: str) -> tuple[str,
     return tracked, links
 
 
-def _load_definition(conn: psycopg.Connection, kind: str, name: str) -> tuple[Any, int] | None:
+def _load_definition(
+    conn: psycopg.Connection, kind: str, name: str
+) -> tuple[Any, int] | None:
     """Return a published definition and its revision, or None when it is not live."""
     row = conn.execute(
         "SELECT body, revision FROM definitions"
@@ -169,21 +204,23 @@ def _load_definition(conn: psycopg.Connection, kind: str, name: str) -> tuple[An
     return model.model_validate(row[0]), row[1]
 
 
-def _load_contact(conn: psycopg.Connection, contact: int) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT contact_id, email, firstname, lastname, unsubscribed, fields"
-        " FROM contacts WHERE id = %s",
-        (contact,),
-    ).fetchone()
-    if row is None:
-        return None
-    contact_id, email, firstname, lastname, unsubscribed, fields = row
-    person = dict(fields)
-    person.update(
-        contact_id=contact_id or "",
-        email=email,
-        firstname=firstname,
-        lastname=lastname,
-        unsubscribed=unsubscribed,
-    )
-    return person
+def _load_contacts(
+    conn: psycopg.Connection, contacts: list[int]
+) -> dict[int, dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, contact_id, email, firstname, lastname, unsubscribed, fields"
+        " FROM contacts WHERE id = ANY(%s)",
+        (contacts,),
+    ).fetchall()
+    people = {}
+    for contact, contact_id, email, firstname, lastname, unsubscribed, fields in rows:
+        person = dict(fields)
+        person.update(
+            contact_id=contact_id or "",
+            email=email,
+            firstname=firstname,
+            lastname=lastname,
+            unsubscribed=unsubscribed,
+        )
+        people[contact] = person
+    return people

@@ -83,14 +83,18 @@ def load_plan(conn: psycopg.Connection, journey_id: int, version: int) -> Journe
     return plan
 
 
-def build_plan(journey_id: int, name: str, version: int, definition: Journey) -> JourneyPlan:
+def build_plan(
+    journey_id: int, name: str, version: int, definition: Journey
+) -> JourneyPlan:
     next_tiles: dict[str, str | None] = {}
     branch_heads: dict[str, dict[str, str | None]] = {}
     first = definition.tiles[0].id if definition.tiles else None
     next_tiles[AUDIENCE_TILE] = first
     _link(definition.tiles, next_tiles, branch_heads)
     tiles = {tile.id: tile for tile in walk_tiles(definition.tiles)}
-    return JourneyPlan(journey_id, name, version, definition, tiles, next_tiles, branch_heads)
+    return JourneyPlan(
+        journey_id, name, version, definition, tiles, next_tiles, branch_heads
+    )
 
 
 def _link(

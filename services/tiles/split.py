@@ -58,7 +58,9 @@ def run_split(message: ContactMessage) -> None:
             if not open_gate(conn, plan, message, now):
                 return
             tile: SplitTile = plan.tiles[message.tile]
-            claimed = screen_contacts(conn, plan, tile.id, claim_steps(conn, message, now), now)
+            claimed = screen_contacts(
+                conn, plan, tile.id, claim_steps(conn, message, now), now
+            )
             choices = _choose(conn, plan, tile, claimed)
             for branch in {choice for choice in choices.values()}:
                 chosen = [c for c in claimed if choices[c] == branch]
@@ -76,7 +78,10 @@ def _choose(
     conn: psycopg.Connection, plan: JourneyPlan, tile: SplitTile, contacts: list[int]
 ) -> dict[int, str]:
     if all(branch.percent is not None for branch in tile.branches):
-        return {c: branch_by_percent(tile, draw(plan.journey_id, tile.id, c)) for c in contacts}
+        return {
+            c: branch_by_percent(tile, draw(plan.journey_id, tile.id, c))
+            for c in contacts
+        }
     # By count: one transaction at a time per tile, so counts are never exceeded.
     conn.execute(
         "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (plan.journey_id, tile.id)

@@ -85,7 +85,9 @@ def run_wait(message: ContactMessage) -> None:
     count_outcome(plan.name, message.tile, "waiting", len(staying))
 
 
-def _screen_on_arrival(conn, plan, tile: str, contacts: list[int], now: datetime) -> list[int]:  # type: ignore[no-untyped-def]
+def _screen_on_arrival(
+    conn, plan, tile: str, contacts: list[int], now: datetime
+) -> list[int]:  # type: ignore[no-untyped-def]
     """Contacts who may not go on leave at once; their wait step completes."""
     staying = screen_contacts(conn, plan, tile, contacts, now)
     leaving = [contact for contact in contacts if contact not in set(staying)]
