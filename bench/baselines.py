@@ -1,0 +1,103 @@
+"""The two ceilings the engine is measured against: plain smtplib sending
+pre-rendered emails, and plain pika publishing and consuming persistent
+messages with publisher confirms."""
+
+from __future__ import annotations
+
+import smtplib
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared.mail import Envelope, build_message  # noqa: E402
+from shared.templates import RenderedEmail  # noqa: E402
+
+
+def smtp_ceiling(folder: Path, count: int, connections: int, start_sink: Callable) -> float:
+    """Emails per second that smtplib alone delivers to the sink."""
+    messages = [_message(n) for n in range(1, count + 1)]
+    sink, port, out = start_sink(folder, "smtp-baseline")
+    try:
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=_send_share, args=(port, messages[i::connections]))
+            for i in range(connections)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    finally:
+        sink.terminate()
+        sink.wait(timeout=30)
+    received = len(out.read_text().splitlines())
+    if received != count:
+        raise RuntimeError(f"the SMTP baseline sink received {received} of {count} emails")
+    return count / elapsed
+
+
+def _message(n: int) -> tuple[str, bytes]:
+    address = f"c{n}@example.com"
+    envelope = Envelope(
+        sender_name="Test Sender",
+        sender_address="news@sender.example.com",
+        recipient_name=f"Name{n}",
+        recipient_address=address,
+        unsubscribe_url=f"https://prefs.example.com/unsubscribe?token=t{n}",
+        unsubscribe_mailto=f"mailto:unsubscribe@sender.example.com?subject=t{n}",
+    )
+    rendered = RenderedEmail(
+        subject=f"Hello Name{n}",
+        html=f"<p>Hello Name{n},</p><p>news for you.</p>",
+        text=f"Hello Name{n},\n\nnews for you.\n",
+    )
+    return address, build_message(envelope, rendered)[1]
+
+
+def _send_share(port: int, messages: list[tuple[str, bytes]]) -> None:
+    with smtplib.SMTP("127.0.0.1", port) as connection:
+        for address, data in messages:
+            connection.sendmail("news@sender.example.com", [address], data)
+
+
+def broker_ceiling(url: str, count: int) -> float:
+    """Messages per second through RabbitMQ: persistent, confirmed, acknowledged."""
+    queue = "bench.baseline"
+    setup = pika.BlockingConnection(pika.URLParameters(url))
+    setup.channel().queue_declare(queue, durable=True)
+    setup.close()
+    consumed = threading.Event()
+    consumer = threading.Thread(target=_consume, args=(url, queue, count, consumed))
+    started = time.monotonic()
+    consumer.start()
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    body = b'{"journey_id": 1, "version": 1, "tile": "mail", "contacts": [1]}'
+    for _ in range(count):
+        channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+    connection.close()
+    consumer.join()
+    return count / (time.monotonic() - started)
+
+
+def _consume(url: str, queue: str, count: int, done: threading.Event) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=16)
+    received = 0
+    for method, _, _ in channel.consume(queue):
+        channel.basic_ack(method.delivery_tag)
+        received += 1
+        if received >= count:
+            break
+    channel.cancel()
+    connection.close()
+    done.set()

@@ -1,0 +1,43 @@
+"""An SMTP sink in its own process for the benchmark: it accepts every
+message and appends the recipient of each to a file, one line a message.
+
+Run: python bench/sink.py --port PORT --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+class RecordingHandler:
+    def __init__(self, path: str) -> None:
+        self.out = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        for recipient in envelope.rcpt_tos:
+            self.out.write(recipient.lower() + "\n")
+        return "250 Message accepted for delivery"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    controller = Controller(RecordingHandler(args.out), hostname="127.0.0.1", port=args.port)
+    controller.start()
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.run_until_complete(stop.wait())
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()
