@@ -140,11 +140,13 @@ def _check_email(
 def _check_segment(
     document: LoadedDocument, segment: Segment, scope: _Scope
 ) -> Iterator[Problem]:
-    if (segment.contacts is None) == (segment.where is None):
+    kinds = [segment.contacts is not None, segment.where is not None, segment.source is not None]
+    if sum(kinds) != 1:
         yield Problem(
             document.where,
             document.label,
-            "needs exactly one of 'contacts' (a static list) or 'where' (conditions)",
+            "needs exactly one of 'contacts' (a static list), 'where' (conditions) "
+            "or 'source: queue' (members published on the events.segments queue)",
         )
     for index, condition in enumerate(segment.where or [], start=1):
         message = condition_problem(condition.op, condition.value)

@@ -113,6 +113,21 @@ def _read_header(reader: Iterator[list[str]], path: str | Path) -> list[str]:
     return header
 
 
+def upsert_rows(conn: psycopg.Connection, rows: list[ContactRow]) -> ImportReport:
+    """Insert or update contacts that came from elsewhere than a file, such as
+    a queue, by the same rules as an import."""
+    report = ImportReport()
+    names = sorted({name for row in rows for name in row.fields} | set(BASE_COLUMNS))
+    _remember_fields(conn, names)
+    unique = {row.key: row for row in rows}
+    _upsert(conn, list(unique.values()), report)
+    return report
+
+
+def contact_key(contact_id: str | None, email: str) -> str:
+    return contact_id or "email:" + email.lower()
+
+
 def _remember_fields(conn: psycopg.Connection, header: list[str]) -> None:
     with conn.transaction():
         conn.cursor().executemany(
@@ -176,7 +191,7 @@ def _parse_row(
     contact_id = record.get("contact_id") or None
     email = record["email"]
     return ContactRow(
-        key=contact_id or "email:" + email.lower(),
+        key=contact_key(contact_id, email),
         contact_id=contact_id,
         email=email,
         firstname=record.get("firstname", ""),

@@ -91,6 +91,11 @@ class Segment(Document):
     where: list[Condition] | None = Field(
         default=None, description="Dynamic members: contacts meeting every condition"
     )
+    source: Literal["queue"] | None = Field(
+        default=None,
+        description="'queue': members are added and removed by messages on the "
+        "events.segments queue",
+    )
 
 
 class Audience(BaseModel):

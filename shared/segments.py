@@ -26,6 +26,11 @@ def membership(segment: Segment) -> sql.Composable:
     text, and `gt`/`lt` with a number compare numerically where the field
     holds a number.
     """
+    if segment.source == "queue":
+        return sql.SQL(
+            "EXISTS (SELECT 1 FROM segment_members m WHERE m.segment = {}"
+            " AND (m.identifier = c.contact_id OR m.identifier = lower(c.email)))"
+        ).format(sql.Literal(segment.name))
     if segment.contacts is not None:
         identifiers = [item.strip() for item in segment.contacts]
         lowered = [item.lower() for item in identifiers]

@@ -43,6 +43,8 @@ TILE_QUEUES = (
     "tile.split",
     "tile.exit",
     "events.interactions",
+    "events.contacts",
+    "events.segments",
 )
 
 HTML = (

@@ -62,12 +62,73 @@ def _connect() -> psycopg.Connection:
     return conn
 
 
+MESSAGES = {
+    "contact-upsert": ("events.contacts", "contact_upsert", "ContactUpsert"),
+    "segment-membership": ("events.segments", "segment_membership", "SegmentMembershipChange"),
+    "interaction-event": ("events.interactions", "interaction_event", "InteractionEvent"),
+}
+
+
+def _message_model(kind: str):  # type: ignore[no-untyped-def]
+    from services.events import models
+
+    if kind not in MESSAGES:
+        errors.print(f"unknown message kind {kind!r}; expected one of {', '.join(MESSAGES)}")
+        raise typer.Exit(2)
+    return getattr(models, MESSAGES[kind][2])
+
+
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of definition files, for editors."""
+def schema(
+    message: Annotated[
+        str | None,
+        typer.Option(help="Print a queue message's schema instead: " + ", ".join(MESSAGES)),
+    ] = None,
+) -> None:
+    """Print the JSON Schema of definition files, for editors, or of a queue message."""
     from shared.definitions import document_adapter
 
-    console.print_json(json.dumps(document_adapter.json_schema(by_alias=True)))
+    if message is not None:
+        print(json.dumps(_message_model(message).model_json_schema(), indent=2))
+        return
+    print(json.dumps(document_adapter.json_schema(by_alias=True), indent=2))
+
+
+@app.command()
+def publish(
+    kind: Annotated[str, typer.Argument(help="contact-upsert, segment-membership or interaction-event")],
+    file: Annotated[Path, typer.Argument(help="JSON file with one message object or a list of them; - for standard input")],
+) -> None:
+    """Publish messages onto the queue that other systems use, after validating them."""
+    from pydantic import ValidationError
+
+    from services.events.intake import describe
+    from services.tiles import actors  # noqa: F401  (binds the actors to the broker)
+    from shared.broker import configure_broker
+
+    model = _message_model(kind)
+    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        errors.print(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}")
+        raise typer.Exit(1) from error
+    items = data if isinstance(data, list) else [data]
+    problems = []
+    for index, item in enumerate(items):
+        try:
+            model.model_validate(item)
+        except ValidationError as error:
+            reasons = "; ".join(describe(e) for e in error.errors(include_url=False))
+            problems.append(f"{file}: message #{index + 1}: {reasons}")
+    if problems:
+        for problem in problems:
+            errors.print(problem, highlight=False)
+        raise typer.Exit(1)
+    actor = configure_broker().get_actor(MESSAGES[kind][1])
+    for item in items:
+        actor.send(item)
+    console.print(f"published {len(items)} message(s) to {MESSAGES[kind][0]}")
 
 
 @app.command(name="check")

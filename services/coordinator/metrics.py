@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.coordinator.loop import state
+from shared import clock
 from shared.db import get_pool
 from shared.store import tile_counts
 
@@ -49,6 +50,7 @@ class JourneyCollector(Collector):
             logger.warning("cannot read journey counts for /metrics: %s", error)
             return
         yield from (entered, contacts, emails, journeys, outbox)
+        yield from self._timers()
         yield from self._insights()
         yield GaugeMetricFamily(
             "journeys_coordinator_last_tick_timestamp_seconds",
@@ -102,6 +104,28 @@ class JourneyCollector(Collector):
             logger.warning("cannot read journey insights for /metrics: %s", error)
             return
         yield from (interactions, branches, left)
+
+    def _timers(self) -> Iterator:
+        """Contacts held by wait and condition timers, and those already due
+        that the coordinator has not released yet."""
+        held = GaugeMetricFamily(
+            "journeys_timers", "Contacts held by wait and condition timers.", labels=["kind"]
+        )
+        due = GaugeMetricFamily(
+            "journeys_timers_due", "Timers whose due time has passed but that are not released yet."
+        )
+        try:
+            with get_pool().connection() as conn:
+                for kind, count in conn.execute("SELECT kind, count(*) FROM timers GROUP BY kind"):
+                    held.add_metric([kind], count)
+                row = conn.execute(
+                    "SELECT count(*) FROM timers WHERE due_at <= %s", (clock.now(),)
+                ).fetchone()
+                due.add_metric([], row[0] if row else 0)
+        except psycopg.Error as error:
+            logger.warning("cannot read timers for /metrics: %s", error)
+            return
+        yield from (held, due)
 
     def _fill(self, entered, contacts, emails, journeys, outbox) -> None:  # type: ignore[no-untyped-def]
         with get_pool().connection() as conn:

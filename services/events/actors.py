@@ -10,9 +10,8 @@ import logging
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
-from pydantic import ValidationError
 
+from services.events.intake import accept
 from services.events.models import INTERACTION_KINDS, InteractionEvent
 from shared.broker import configure_broker
 from shared.config import get_settings
@@ -28,26 +27,7 @@ QUEUE = "events.interactions"
 
 def parse_event(payload: Any) -> InteractionEvent:
     """Validate a message argument, raising BrokenMessage that names each bad field."""
-    try:
-        return InteractionEvent.model_validate(payload)
-    except ValidationError as error:
-        problems = "; ".join(
-            _describe(item) for item in error.errors(include_url=False)
-        )
-        raise BrokenMessage(f"invalid interaction event: {problems}") from error
-
-
-def _describe(item: Any) -> str:
-    """Describe one pydantic error as 'field: message (got value)'."""
-    field = ".".join(map(str, item["loc"])) or "event"
-    text = f"{field}: {item['msg']}"
-    value = item.get("input")
-    if item["loc"] and isinstance(value, str | int | float | bool):
-        value_text = repr(value)
-        if len(value_text) > 100:
-            value_text = value_text[:100] + "..."
-        text += f" (got {value_text})"
-    return text
+    return accept(InteractionEvent, QUEUE, (payload,), {})
 
 
 def record_event(event: InteractionEvent) -> str:
@@ -98,23 +78,7 @@ def interaction_event(*args: Any, **kwargs: Any) -> None:
     number of them is dead-lettered at once like any other broken message,
     instead of failing with TypeError and being retried for days.
     """
-    try:
-        if len(args) != 1 or kwargs:
-            raise BrokenMessage(
-                "invalid interaction event message: expected args to be a list of "
-                f"one event object and kwargs to be empty, got {len(args)} args "
-                f"and kwargs {sorted(kwargs)}"
-            )
-        event = parse_event(args[0])
-    except BrokenMessage as error:
-        # Dramatiq logs only the exception's type, so the reason is logged here.
-        message = CurrentMessage.get_current_message()
-        logger.warning(
-            "message %s dead-lettered: %s",
-            message.message_id if message else "(unknown)",
-            error,
-        )
-        raise
+    event = accept(InteractionEvent, QUEUE, args, kwargs)
     outcome = record_event(event)
     if outcome == "unknown_message":
         logger.warning(

@@ -21,6 +21,7 @@ from services.tiles import (  # noqa: E402
     wait,
 )
 from services.events import actors as interaction_events  # noqa: E402
+from services.events import contacts as contact_events  # noqa: E402
 
 logging.getLogger("pika").setLevel(logging.WARNING)
 
@@ -28,6 +29,7 @@ __all__ = [
     "audience",
     "broker",
     "condition",
+    "contact_events",
     "email",
     "exit",
     "interaction_events",

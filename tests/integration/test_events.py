@@ -16,7 +16,6 @@ import pika
 import psycopg
 import pytest
 
-from services.events.models import InteractionEvent
 from shared.golive import go_live_paths
 from tests.support import ROOT, Processes, free_port, wait_until, write_definitions
 
@@ -223,11 +222,3 @@ def test_events_deduplicated_broken_dead_lettered(
     assert "kind: Field required" in text
     assert "at: Input should have timezone info" in text
     assert "got 0 args" in text
-
-
-def test_schema_file_matches_model():
-    path = ROOT / "docs" / "interaction-event.schema.json"
-
-    committed = json.loads(path.read_text(encoding="utf-8"))
-
-    assert committed == InteractionEvent.model_json_schema()
