@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.definitions import (
@@ -39,6 +39,21 @@ class Catalog:
     published: dict[tuple[str, str], Any] = field(default_factory=dict)
     contact_fields: set[str] | None = None
     segment_sizes: dict[str, int] = field(default_factory=dict)
+    journeys: dict[str, PublishedJourney] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishedJourney:
+    """A journey as the database has it: status, end and current definition."""
+
+    status: str
+    end_at: datetime
+    definition: Journey
+
+
+# Fields that a journey keeps once published: contacts inside it depend on them.
+LOCKED_FIELDS = ("timezone", "content_settings", "suppression")
+EXTENSION_DAYS = 30
 
 
 @dataclass
@@ -196,9 +211,39 @@ def _check_journey(
         yield from _check_reference(
             where, label, None, "segment", journey.suppression, "suppression", scope
         )
+    yield from _check_against_published(where, label, journey, scope)
     if scope.for_go_live:
         yield from _check_audience_size(where, label, journey, scope)
     yield from _check_tiles(where, label, journey, scope)
+
+
+def _check_against_published(
+    where: str, label: str, journey: Journey, scope: _Scope
+) -> Iterator[Problem]:
+    """A published journey changes only by a new version that keeps its
+    locked fields, and it can be extended only within 30 days of its end."""
+    published = scope.catalog.journeys.get(journey.name)
+    if published is None:
+        return
+    for name in LOCKED_FIELDS:
+        before, after = getattr(published.definition, name), getattr(journey, name)
+        if before != after:
+            yield Problem(
+                where,
+                label,
+                f"{name} cannot change on a published journey: it is {before!r}, this "
+                f"file says {after!r}; keep {before!r} or publish under a new name",
+            )
+    if published.status != "live" and scope.now is not None:
+        deadline = published.end_at + timedelta(days=EXTENSION_DAYS)
+        if scope.now > deadline:
+            yield Problem(
+                where,
+                label,
+                f"the journey ended at {published.end_at:%Y-%m-%d %H:%M}Z, more than "
+                f"{EXTENSION_DAYS} days ago, so it can no longer be extended; publish "
+                "it under a new name",
+            )
 
 
 def _check_window(

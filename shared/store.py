@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from shared.checks import Catalog
+from shared.checks import Catalog, PublishedJourney
 from shared.definitions import (
     AUDIENCE_TILE,
     ContentSettings,
@@ -50,6 +50,12 @@ def load_catalog(conn: psycopg.Connection, segments: list[str] = ()) -> Catalog:
         catalog.published[(kind, name)] = document_adapter.validate_python(body)
     fields = {row[0] for row in conn.execute("SELECT name FROM contact_fields")}
     catalog.contact_fields = (fields | set(BASE_CONTACT_FIELDS)) if fields else None
+    rows = conn.execute(
+        "SELECT j.name, j.status, j.end_at, v.definition FROM journeys j"
+        " JOIN journey_versions v ON v.journey_id = j.id AND v.version = j.version"
+    )
+    for name, status, end_at, definition in rows:
+        catalog.journeys[name] = PublishedJourney(status, end_at, Journey.model_validate(definition))
     return catalog
 
 
@@ -243,6 +249,23 @@ def tile_counts(conn: psycopg.Connection, journey_id: int) -> list[dict[str, Any
             item.update(zip(EMAIL_COUNT_NAMES, values[5:], strict=True))
         result.append(item)
     return result
+
+
+def version_counts(conn: psycopg.Connection, journey_id: int) -> list[dict[str, Any]]:
+    """Return per published version how many contacts entered it and where they are:
+    contacts keep the version they entered with."""
+    rows = conn.execute(
+        "SELECT v.version, count(e.contact),"
+        " count(e.contact) FILTER (WHERE e.state = 'in_progress'),"
+        " count(e.contact) FILTER (WHERE e.state = 'completed'),"
+        " count(e.contact) FILTER (WHERE e.state IN ('left', 'stopped'))"
+        " FROM journey_versions v LEFT JOIN entries e"
+        " ON e.journey_id = v.journey_id AND e.version = v.version"
+        " WHERE v.journey_id = %s GROUP BY v.version ORDER BY v.version",
+        (journey_id,),
+    ).fetchall()
+    names = ("version", "entered", "in_progress", "completed", "left")
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def contacts_in_flight(conn: psycopg.Connection, journey_id: int) -> int:

@@ -213,12 +213,14 @@ def withdraw(
 @app.command()
 def status(name: str, as_json: AsJson = False) -> None:
     """Show per tile how many contacts entered, are in progress, completed, stopped or failed."""
-    from shared.store import journey_row, tile_counts
+    from shared.store import journey_row, tile_counts, version_counts
 
     with _connect() as conn:
         journey = _journey_or_exit(conn, name, journey_row)
         tiles = tile_counts(conn, journey["id"])
+        versions = version_counts(conn, journey["id"])
     payload = status_payload(journey, tiles, clock.now())
+    payload["versions"] = versions
     if as_json:
         print(json.dumps(payload, indent=2))
     else:

@@ -92,6 +92,11 @@ def print_status(console: Console, payload: dict[str, Any]) -> None:
         ]
         table.add_row(tile["id"], tile["type"], *values)
     console.print(table)
+    for item in payload.get("versions", []):
+        console.print(
+            f"version {item['version']}: {item['entered']} entered, {item['in_progress']} "
+            f"in progress, {item['completed']} completed, {item['left']} left early"
+        )
 
 
 def import_with_progress(
