@@ -15,11 +15,13 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.mail import Envelope, build_message  # noqa: E402
-from shared.templates import RenderedEmail  # noqa: E402
+from shared.mail import Envelope, build_message
+from shared.templates import RenderedEmail
 
 
-def smtp_ceiling(folder: Path, count: int, connections: int, start_sink: Callable) -> float:
+def smtp_ceiling(
+    folder: Path, count: int, connections: int, start_sink: Callable
+) -> float:
     """Emails per second that smtplib alone delivers to the sink."""
     messages = [_message(n) for n in range(1, count + 1)]
     sink, port, out = start_sink(folder, "smtp-baseline")
@@ -39,7 +41,9 @@ def smtp_ceiling(folder: Path, count: int, connections: int, start_sink: Callabl
         sink.wait(timeout=30)
     received = len(out.read_text().splitlines())
     if received != count:
-        raise RuntimeError(f"the SMTP baseline sink received {received} of {count} emails")
+        raise RuntimeError(
+            f"the SMTP baseline sink received {received} of {count} emails"
+        )
     return count / elapsed
 
 

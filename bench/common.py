@@ -19,7 +19,9 @@ sys.path.insert(0, str(ROOT))
 from shared.db import migrate  # noqa: E402
 from tests.support import Processes  # noqa: E402
 
-ADMIN_URL = os.environ.get("JOURNEYS_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "JOURNEYS_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 RABBITMQ = os.environ.get("JOURNEYS_BENCH_RABBITMQ", "127.0.0.1:5672")
 
 
@@ -49,7 +51,9 @@ def scratch_vhost() -> Iterator[str]:
 
 
 def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
+    )
 
 
 def processes(env: dict[str, str], logs: Path) -> Processes:

@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-
 from common import ROOT, processes, scratch_database, scratch_vhost  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(ROOT))
 
-from baselines import broker_ceiling, smtp_ceiling  # type: ignore[import-not-found]  # noqa: E402
-from shared.contacts import import_contacts  # noqa: E402
-from shared.golive import go_live_paths  # noqa: E402
-from tests.support import (  # noqa: E402
+from baselines import broker_ceiling, smtp_ceiling  # type: ignore[import-not-found]
+
+from shared.contacts import import_contacts
+from shared.golive import go_live_paths
+from tests.support import (
     free_port,
     rss_peak_mb,
     simple_contacts,
@@ -52,9 +52,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads per worker process"
+    )
     parser.add_argument("--json", type=Path, help="file to write the results to")
-    parser.add_argument("--markdown", type=Path, help="file to write a Markdown table to")
+    parser.add_argument(
+        "--markdown", type=Path, help="file to write a Markdown table to"
+    )
     args = parser.parse_args()
 
     connections = args.processes * args.threads
@@ -62,7 +66,10 @@ def main() -> None:
         work = Path(folder)
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
         engine = measure_engine(work, args.contacts, args.processes, args.threads)
-        print(f"S: {args.contacts} pre-rendered emails over {connections} connections ...", flush=True)
+        print(
+            f"S: {args.contacts} pre-rendered emails over {connections} connections ...",
+            flush=True,
+        )
         smtp = smtp_ceiling(work, args.contacts, connections, start_sink)
         print(f"B: {args.contacts} persistent messages with confirms ...", flush=True)
         with scratch_vhost() as broker_url:
@@ -82,7 +89,14 @@ def start_sink(folder: Path, name: str) -> tuple[subprocess.Popen, int, Path]:
     out = folder / f"{name}-recipients.txt"
     out.touch()
     sink = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("sink.py")), "--port", str(port), "--out", str(out)]
+        [
+            sys.executable,
+            str(Path(__file__).with_name("sink.py")),
+            "--port",
+            str(port),
+            "--out",
+            str(out),
+        ]
     )
     wait_until(lambda: _listening(port), 30, what="the SMTP sink")
     return sink, port, out
@@ -102,7 +116,9 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-def measure_engine(folder: Path, count: int, workers: int, threads: int) -> dict[str, Any]:
+def measure_engine(
+    folder: Path, count: int, workers: int, threads: int
+) -> dict[str, Any]:
     sink, port, out = start_sink(folder, "engine")
     try:
         with scratch_database() as url, scratch_vhost() as broker_url:
@@ -127,16 +143,24 @@ def measure_engine(folder: Path, count: int, workers: int, threads: int) -> dict
 
 def _run_engine(folder, url, group, out, count, workers, threads) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     with psycopg.connect(url, autocommit=True) as conn:
-        import_contacts(conn, write_contacts(folder / "contacts.csv", simple_contacts(count)))
+        import_contacts(
+            conn, write_contacts(folder / "contacts.csv", simple_contacts(count))
+        )
         worker = group.start_workers(processes=workers, threads=threads)
         coordinator = group.start_coordinator()
-        time.sleep(3)  # let both connect and declare their queues before the clock starts
+        time.sleep(
+            3
+        )  # let both connect and declare their queues before the clock starts
         started = time.monotonic()
         outcome = go_live_paths(conn, [write_definitions(folder / "defs")], _now())
         assert not outcome.errors, [str(p) for p in outcome.errors]
-        wait_until(lambda: _all_sent(conn, count), 3600, interval=0.2, what="every email sent")
+        wait_until(
+            lambda: _all_sent(conn, count), 3600, interval=0.2, what="every email sent"
+        )
         elapsed = time.monotonic() - started
-        cpu = sum(_cpu_seconds(pid) for pid in tree_pids(worker.pid) + [coordinator.pid])
+        cpu = sum(
+            _cpu_seconds(pid) for pid in tree_pids(worker.pid) + [coordinator.pid]
+        )
         memory = {"coordinator": round(rss_peak_mb(coordinator.pid), 1)}
         for index, pid in enumerate(tree_pids(worker.pid)):
             memory[f"worker-{index}"] = round(rss_peak_mb(pid), 1)
@@ -194,7 +218,9 @@ def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-
         "duplicates": len(received) - len(set(received)),
         "missing": len(expected - set(received)),
         "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
-        "latency_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3) if latencies else None,
+        "latency_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3)
+        if latencies
+        else None,
         "cpu_seconds_per_1000": round(engine["cpu_seconds"] / count * 1000, 2),
         "peak_rss_mb": engine["memory"],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -209,13 +235,21 @@ def markdown(results: dict[str, Any]) -> str:
         ("B: plain pika, messages/s", results["b_per_s"]),
         ("E/S", results["e_over_s"]),
         ("E/B", results["e_over_b"]),
-        ("latency p50 / p99, s", f"{results['latency_p50_s']} / {results['latency_p99_s']}"),
+        (
+            "latency p50 / p99, s",
+            f"{results['latency_p50_s']} / {results['latency_p99_s']}",
+        ),
         ("CPU seconds per 1,000 contacts", results["cpu_seconds_per_1000"]),
         ("duplicates / missing", f"{results['duplicates']} / {results['missing']}"),
-        ("peak RSS, MB", ", ".join(f"{k} {v}" for k, v in results["peak_rss_mb"].items())),
+        (
+            "peak RSS, MB",
+            ", ".join(f"{k} {v}" for k, v in results["peak_rss_mb"].items()),
+        ),
         ("machine", results["machine"]),
     ]
-    return "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    return "| measure | value |\n|---|---|\n" + "".join(
+        f"| {k} | {v} |\n" for k, v in rows
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    controller = Controller(RecordingHandler(args.out), hostname="127.0.0.1", port=args.port)
+    controller = Controller(
+        RecordingHandler(args.out), hostname="127.0.0.1", port=args.port
+    )
     controller.start()
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()

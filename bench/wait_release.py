@@ -15,15 +15,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-
 from common import processes, scratch_database, scratch_vhost  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.embedded.sink import SmtpSink  # noqa: E402
-from shared.contacts import import_contacts  # noqa: E402
-from shared.golive import go_live_paths  # noqa: E402
-from tests.support import VirtualTime, simple_contacts, wait_until, write_contacts, write_definitions  # noqa: E402
+from services.embedded.sink import SmtpSink
+from shared.contacts import import_contacts
+from shared.golive import go_live_paths
+from tests.support import (
+    VirtualTime,
+    simple_contacts,
+    wait_until,
+    write_contacts,
+    write_definitions,
+)
 
 START = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -34,11 +39,17 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder, scratch_database() as url, scratch_vhost() as broker:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        scratch_database() as url,
+        scratch_vhost() as broker,
+    ):
         measure(Path(folder), url, broker, args.contacts, args.processes, args.threads)
 
 
-def measure(folder: Path, url: str, broker: str, count: int, workers: int, threads: int) -> None:
+def measure(
+    folder: Path, url: str, broker: str, count: int, workers: int, threads: int
+) -> None:
     sink = SmtpSink().start()
     clock_file = folder / "clock-offset"
     group = processes(
@@ -55,42 +66,74 @@ def measure(folder: Path, url: str, broker: str, count: int, workers: int, threa
     virtual.set(START)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            import_contacts(conn, write_contacts(folder / "c.csv", simple_contacts(count)))
-            tiles = [{"id": "wait", "type": "wait", "duration": "1h"}, {"id": "mail", "type": "email", "email": "hello"}]
-            path = write_definitions(folder, start="2027-06-01 09:00", end="2027-06-02 09:00", tiles=tiles)
+            import_contacts(
+                conn, write_contacts(folder / "c.csv", simple_contacts(count))
+            )
+            tiles = [
+                {"id": "wait", "type": "wait", "duration": "1h"},
+                {"id": "mail", "type": "email", "email": "hello"},
+            ]
+            path = write_definitions(
+                folder, start="2027-06-01 09:00", end="2027-06-02 09:00", tiles=tiles
+            )
             assert not go_live_paths(conn, [path], virtual.now()).errors
             group.start_workers(processes=workers, threads=threads)
             group.start_coordinator()
-            wait_until(lambda: conn.execute("SELECT count(*) FROM timers").fetchone() == (count,), 600, what="all waiting")
+            wait_until(
+                lambda: (
+                    conn.execute("SELECT count(*) FROM timers").fetchone() == (count,)
+                ),
+                600,
+                what="all waiting",
+            )
             due = dict(conn.execute("SELECT contact, due_at FROM timers").fetchall())
             last_due = max(due.values())
             virtual.set(last_due + timedelta(milliseconds=1))
             woke = time.monotonic()
             wait_until(lambda: _released(conn), 900, what="all released", interval=0.05)
             release_seconds = time.monotonic() - woke
-            wait_until(lambda: len(sink.handler.messages) >= count, 900, what="all emails", interval=0.5)
+            wait_until(
+                lambda: len(sink.handler.messages) >= count,
+                900,
+                what="all emails",
+                interval=0.5,
+            )
             elapsed = time.monotonic() - woke
-            sent = dict(conn.execute("SELECT contact, finished_at FROM sends WHERE state = 'accepted'").fetchall())
+            sent = dict(
+                conn.execute(
+                    "SELECT contact, finished_at FROM sends WHERE state = 'accepted'"
+                ).fetchall()
+            )
     finally:
         group.stop_all()
         sink.stop()
     print(f"contacts woken at once: {count}, emails sent: {len(sent)}")
     # Everyone is due by last_due, where the clock jumped, so lags count from there.
-    print(f"release: all {count} timers released and their messages published "
-          f"{release_seconds:.2f} s after they fell due")
-    summary("send lag (due time to the email accepted by the SMTP server)", sent, last_due)
-    print(f"all {count} sent {elapsed:.1f} s after waking: {count / elapsed:.0f} contacts/s")
+    print(
+        f"release: all {count} timers released and their messages published "
+        f"{release_seconds:.2f} s after they fell due"
+    )
+    summary(
+        "send lag (due time to the email accepted by the SMTP server)", sent, last_due
+    )
+    print(
+        f"all {count} sent {elapsed:.1f} s after waking: {count / elapsed:.0f} contacts/s"
+    )
 
 
 def _released(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT (SELECT count(*) FROM timers) + (SELECT count(*) FROM outbox)").fetchone()
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM timers) + (SELECT count(*) FROM outbox)"
+    ).fetchone()
     return row == (0,)
 
 
 def summary(title: str, moments: dict, since: datetime) -> None:
     lags = sorted((moment - since).total_seconds() for moment in moments.values())
-    print(f"{title}, seconds: p50 {statistics.median(lags):.2f}, "
-          f"p99 {lags[int(len(lags) * 0.99) - 1]:.2f}, max {lags[-1]:.2f}")
+    print(
+        f"{title}, seconds: p50 {statistics.median(lags):.2f}, "
+        f"p99 {lags[int(len(lags) * 0.99) - 1]:.2f}, max {lags[-1]:.2f}"
+    )
 
 
 if __name__ == "__main__":

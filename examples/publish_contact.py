@@ -29,7 +29,11 @@ def publish(channel, queue: str, actor: str, argument: dict) -> None:
 connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
 channel = connection.channel()
 channel.confirm_delivery()
-contact = {"contact_id": "C900001", "email": "new.customer@example.com", "firstname": "Noor"}
+contact = {
+    "contact_id": "C900001",
+    "email": "new.customer@example.com",
+    "firstname": "Noor",
+}
 publish(channel, "events.contacts", "contact_upsert", contact)
 membership = {"segment": "spring-campaign", "action": "add", "contacts": ["C900001"]}
 publish(channel, "events.segments", "segment_membership", membership)

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.definitions import (
-    AUDIENCE_TILE,
     ContentSettings,
     Email,
     EmailTile,
@@ -24,7 +23,7 @@ from shared.templates import check_email_templates
 from shared.tile_checks import check_tile_graph
 from shared.windows import load_zone, suggest_zone, to_utc
 
-_MODEL_KINDS = {
+_MODEL_KINDS: dict[type, str] = {
     ContentSettings: "content-settings",
     Email: "email",
     Segment: "segment",
@@ -155,7 +154,11 @@ def _check_email(
 def _check_segment(
     document: LoadedDocument, segment: Segment, scope: _Scope
 ) -> Iterator[Problem]:
-    kinds = [segment.contacts is not None, segment.where is not None, segment.source is not None]
+    kinds = [
+        segment.contacts is not None,
+        segment.where is not None,
+        segment.source is not None,
+    ]
     if sum(kinds) != 1:
         yield Problem(
             document.where,

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     tracking_host: str = "127.0.0.1"
     tracking_port: int = 8088
     tracking_token_days: int = Field(
-        default=180, gt=0, description="age in days after which open and click links are refused"
+        default=180,
+        gt=0,
+        description="age in days after which open and click links are refused",
     )
     metrics_port: int = Field(default=9191, description="worker metrics port")
     coordinator_metrics_port: int = 9192

@@ -128,7 +128,9 @@ class WaitTile(TileBase):
     next occurrence of a local time of day ("next 07:30")."""
 
     type: Literal["wait"]
-    duration: str | None = Field(default=None, description="such as 30m, 2h, 3d or 1d12h")
+    duration: str | None = Field(
+        default=None, description="such as 30m, 2h, 3d or 1d12h"
+    )
     until: str | None = Field(
         default=None,
         description="local date-time such as 2027-05-03 09:00, or 'next HH:MM'",
@@ -179,10 +181,13 @@ class ConditionTile(TileBase):
 
     type: Literal["condition"]
     if_: Annotated[
-        Annotated[Condition, Tag("data")] | Annotated[InteractionCondition, Tag("interaction")],
+        Annotated[Condition, Tag("data")]
+        | Annotated[InteractionCondition, Tag("interaction")],
         Discriminator(_condition_kind),
     ] = Field(alias="if")
-    within: str | None = Field(default=None, description="such as 2d; needed for interactions")
+    within: str | None = Field(
+        default=None, description="such as 2d; needed for interactions"
+    )
     yes: list[Tile] = Field(default_factory=list)
     no: list[Tile] = Field(default_factory=list)
 
@@ -223,7 +228,8 @@ class SplitTile(TileBase):
 
 
 Tile = Annotated[
-    EmailTile | ExitTile | WaitTile | ConditionTile | SplitTile, Field(discriminator="type")
+    EmailTile | ExitTile | WaitTile | ConditionTile | SplitTile,
+    Field(discriminator="type"),
 ]
 TILE_TYPES = ("email", "wait", "condition", "split", "exit")
 
@@ -302,7 +308,9 @@ def parse_duration(text: str) -> timedelta:
     """Parse '90m', '2h', '3d' or '1d12h30m' into a timedelta."""
     match = _DURATION.match(text.strip())
     if not text.strip() or match is None:
-        raise ValueError(f"invalid duration {text!r}; write it like 30m, 2h, 3d or 1d12h")
+        raise ValueError(
+            f"invalid duration {text!r}; write it like 30m, 2h, 3d or 1d12h"
+        )
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
     delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     if delta <= timedelta(0):

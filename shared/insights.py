@@ -7,7 +7,13 @@ from typing import Any
 
 import psycopg
 
-from shared.definitions import ConditionTile, Journey, SplitTile, branches_of, walk_tiles
+from shared.definitions import (
+    ConditionTile,
+    Journey,
+    SplitTile,
+    branches_of,
+    walk_tiles,
+)
 
 _EMAIL_RESULTS = """
 SELECT s.tile,
@@ -27,11 +33,17 @@ FROM interactions WHERE journey_id = %s GROUP BY tile, kind, coalesce(hard, true
 def journey_insights(conn: psycopg.Connection, journey_id: int) -> dict[str, Any]:
     """Return the insights of every version of a journey, keyed like the CLI's JSON."""
     name, definitions = _definitions(conn, journey_id)
-    tiles = {tile.id: tile for definition in definitions for tile in walk_tiles(definition.tiles)}
+    tiles = {
+        tile.id: tile
+        for definition in definitions
+        for tile in walk_tiles(definition.tiles)
+    }
     results = {row[0]: row[1:] for row in conn.execute(_EMAIL_RESULTS, (journey_id,))}
     interactions: dict[tuple[str, str, bool], tuple[int, int]] = {
         (tile, kind, hard): (total, unique)
-        for tile, kind, hard, total, unique in conn.execute(_INTERACTIONS, (journey_id,))
+        for tile, kind, hard, total, unique in conn.execute(
+            _INTERACTIONS, (journey_id,)
+        )
     }
     emails = [
         _email_insights(tile_id, results.get(tile_id, (0, 0, 0, 0)), interactions)
@@ -43,10 +55,17 @@ def journey_insights(conn: psycopg.Connection, journey_id: int) -> dict[str, Any
         for tile in tiles.values()
         if isinstance(tile, ConditionTile | SplitTile)
     ]
-    return {"journey": name, "emails": emails, "branches": branches, "contacts": _contacts(conn, journey_id)}
+    return {
+        "journey": name,
+        "emails": emails,
+        "branches": branches,
+        "contacts": _contacts(conn, journey_id),
+    }
 
 
-def _definitions(conn: psycopg.Connection, journey_id: int) -> tuple[str, list[Journey]]:
+def _definitions(
+    conn: psycopg.Connection, journey_id: int
+) -> tuple[str, list[Journey]]:
     rows = conn.execute(
         "SELECT j.name, v.definition FROM journeys j JOIN journey_versions v ON v.journey_id = j.id"
         " WHERE j.id = %s ORDER BY v.version",
@@ -56,7 +75,9 @@ def _definitions(conn: psycopg.Connection, journey_id: int) -> tuple[str, list[J
 
 
 def _email_insights(
-    tile: str, results: tuple[int, ...], interactions: dict[tuple[str, str, bool], tuple[int, int]]
+    tile: str,
+    results: tuple[int, ...],
+    interactions: dict[tuple[str, str, bool], tuple[int, int]],
 ) -> dict[str, Any]:
     sent, blocked, bounced_at_send, unconfirmed = results
 
@@ -93,8 +114,10 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _branch_counts(conn: psycopg.Connection, journey_id: int, tile: Any) -> dict[str, Any]:
-    rows = dict(
+def _branch_counts(
+    conn: psycopg.Connection, journey_id: int, tile: Any
+) -> dict[str, Any]:
+    rows: dict[str, int] = dict(
         conn.execute(
             "SELECT outcome, count(*) FROM steps WHERE journey_id = %s AND tile = %s"
             " AND state = 'completed' GROUP BY outcome",
@@ -102,7 +125,8 @@ def _branch_counts(conn: psycopg.Connection, journey_id: int, tile: Any) -> dict
         ).fetchall()
     )
     entered = conn.execute(
-        "SELECT count(*) FROM steps WHERE journey_id = %s AND tile = %s", (journey_id, tile.id)
+        "SELECT count(*) FROM steps WHERE journey_id = %s AND tile = %s",
+        (journey_id, tile.id),
     ).fetchone()
     names = [name for name, _ in branches_of(tile)]
     return {

@@ -33,7 +33,9 @@ def find_send(conn: psycopg.Connection, send_id: int) -> SendRef | None:
     return SendRef(*row) if row else None
 
 
-def find_send_by_message_id(conn: psycopg.Connection, message_id: str) -> SendRef | None:
+def find_send_by_message_id(
+    conn: psycopg.Connection, message_id: str
+) -> SendRef | None:
     wanted = message_id.strip()
     if not wanted.startswith("<"):
         wanted = f"<{wanted}>"
@@ -59,7 +61,17 @@ def record_interaction(
     conn.execute(
         "INSERT INTO interactions (journey_id, tile, contact, send_id, kind, link, hard, at, source)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (send.journey_id, send.tile, send.contact, send.send_id, kind, link, hard, at, source),
+        (
+            send.journey_id,
+            send.tile,
+            send.contact,
+            send.send_id,
+            kind,
+            link,
+            hard,
+            at,
+            source,
+        ),
     )
     if kind == "unsubscribed":
         conn.execute(
@@ -73,5 +85,9 @@ def record_interaction(
             (at, send.contact),
         )
     logger.debug(
-        "journey %s tile %s contact %s: %s", send.journey_id, send.tile, send.contact, kind
+        "journey %s tile %s contact %s: %s",
+        send.journey_id,
+        send.tile,
+        send.contact,
+        kind,
     )

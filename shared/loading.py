@@ -180,7 +180,7 @@ def _explain(
         tile = _tile_of(raw, location)
         field_path = ".".join(str(part) for part in location) or "(document)"
         yield Problem(
-            where, label, _message(item, field_path, raw, location), tile=tile
+            where, label, _message(dict(item), field_path, raw, location), tile=tile
         )
 
 

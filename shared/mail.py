@@ -22,7 +22,6 @@ from shared.templates import RenderedEmail, one_line
 logger = logging.getLogger(__name__)
 
 
-
 class SmtpRejected(PermanentError):
     """Raised when the SMTP server answers 5xx for one recipient."""
 
@@ -82,20 +81,28 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
         ("Subject", _header_text(rendered.subject)),
         ("Date", formatdate(localtime=False, usegmt=True)),
         ("Message-ID", message_id),
-        ("List-Unsubscribe", f"<{envelope.unsubscribe_url}>, <{envelope.unsubscribe_mailto}>"),
+        (
+            "List-Unsubscribe",
+            f"<{envelope.unsubscribe_url}>, <{envelope.unsubscribe_mailto}>",
+        ),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
     ]
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     parts = b"".join(
-        b"--" + boundary.encode() + b"\r\n"
-        + f"Content-Type: text/{subtype}; charset=\"utf-8\"\r\n".encode()
+        b"--"
+        + boundary.encode()
+        + b"\r\n"
+        + f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode()
         + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        + body + b"\r\n"
+        + body
+        + b"\r\n"
         for subtype, body in (("plain", text), ("html", html))
     )
-    data = head.encode("ascii") + b"\r\n" + parts + b"--" + boundary.encode() + b"--\r\n"
+    data = (
+        head.encode("ascii") + b"\r\n" + parts + b"--" + boundary.encode() + b"--\r\n"
+    )
     return message_id, data
 
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 COUNT_NAMES = ("entered", "in_progress", "completed", "stopped", "failed")
 EMAIL_COUNT_NAMES = ("sent", "blocked", "bounced", "unconfirmed")
-_PUBLISHED_KINDS = {
+_PUBLISHED_KINDS: dict[type, str] = {
     ContentSettings: "content-settings",
     Email: "email",
     Segment: "segment",
@@ -55,7 +55,9 @@ def load_catalog(conn: psycopg.Connection, segments: list[str] = ()) -> Catalog:
         " JOIN journey_versions v ON v.journey_id = j.id AND v.version = j.version"
     )
     for name, status, end_at, definition in rows:
-        catalog.journeys[name] = PublishedJourney(status, end_at, Journey.model_validate(definition))
+        catalog.journeys[name] = PublishedJourney(
+            status, end_at, Journey.model_validate(definition)
+        )
     return catalog
 
 

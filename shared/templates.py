@@ -60,7 +60,11 @@ class CompiledEmail:
         self.name = email.name
         self.subject = _plain_env.from_string(email.subject)
         self.html = _html_env.from_string(email.html)
-        self.text = _plain_env.from_string(email.text) if email.text else _derived_text(email.html)
+        self.text = (
+            _plain_env.from_string(email.text)
+            if email.text
+            else _derived_text(email.html)
+        )
 
     def render(
         self, contact: Mapping[str, Any], content: Mapping[str, Any]
@@ -188,10 +192,11 @@ def _attributes(tree: nodes.Template) -> Iterator[tuple[str, str, bool]]:
     wraps it, so a contact without that field still renders.
     """
     guarded: set[int] = set()
-    for node in tree.find_all((nodes.Filter, nodes.Test)):
-        if node.name in GUARDING_FILTERS or node.name == "defined":
-            guarded.add(id(node.node))
+    for wrapper in tree.find_all((nodes.Filter, nodes.Test)):
+        if wrapper.name in GUARDING_FILTERS or wrapper.name == "defined":
+            guarded.add(id(wrapper.node))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)
         if isinstance(node, nodes.Getattr):
             attribute = node.attr
         elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):

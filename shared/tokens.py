@@ -62,8 +62,12 @@ def verify(secret: bytes, token: str) -> TokenClaims:
         raise InvalidToken("token signature does not match")
     version, purpose_code, day, send_id, link = _PAYLOAD.unpack(payload)
     if version != _VERSION or purpose_code not in _PURPOSE_NAMES:
-        raise InvalidToken(f"token version {version} or purpose {purpose_code} is unknown")
-    return TokenClaims(_PURPOSE_NAMES[purpose_code], send_id, link, _EPOCH + timedelta(days=day))
+        raise InvalidToken(
+            f"token version {version} or purpose {purpose_code} is unknown"
+        )
+    return TokenClaims(
+        _PURPOSE_NAMES[purpose_code], send_id, link, _EPOCH + timedelta(days=day)
+    )
 
 
 def _signature(secret: bytes, payload: bytes) -> bytes:

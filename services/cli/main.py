@@ -64,8 +64,16 @@ def _connect() -> psycopg.Connection:
 
 MESSAGES = {
     "contact-upsert": ("events.contacts", "contact_upsert", "ContactUpsert"),
-    "segment-membership": ("events.segments", "segment_membership", "SegmentMembershipChange"),
-    "interaction-event": ("events.interactions", "interaction_event", "InteractionEvent"),
+    "segment-membership": (
+        "events.segments",
+        "segment_membership",
+        "SegmentMembershipChange",
+    ),
+    "interaction-event": (
+        "events.interactions",
+        "interaction_event",
+        "InteractionEvent",
+    ),
 }
 
 
@@ -73,7 +81,9 @@ def _message_model(kind: str):  # type: ignore[no-untyped-def]
     from services.events import models
 
     if kind not in MESSAGES:
-        errors.print(f"unknown message kind {kind!r}; expected one of {', '.join(MESSAGES)}")
+        errors.print(
+            f"unknown message kind {kind!r}; expected one of {', '.join(MESSAGES)}"
+        )
         raise typer.Exit(2)
     return getattr(models, MESSAGES[kind][2])
 
@@ -82,7 +92,9 @@ def _message_model(kind: str):  # type: ignore[no-untyped-def]
 def schema(
     message: Annotated[
         str | None,
-        typer.Option(help="Print a queue message's schema instead: " + ", ".join(MESSAGES)),
+        typer.Option(
+            help="Print a queue message's schema instead: " + ", ".join(MESSAGES)
+        ),
     ] = None,
 ) -> None:
     """Print the JSON Schema of definition files, for editors, or of a queue message."""
@@ -96,8 +108,16 @@ def schema(
 
 @app.command()
 def publish(
-    kind: Annotated[str, typer.Argument(help="contact-upsert, segment-membership or interaction-event")],
-    file: Annotated[Path, typer.Argument(help="JSON file with one message object or a list of them; - for standard input")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="contact-upsert, segment-membership or interaction-event"),
+    ],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON file with one message object or a list of them; - for standard input"
+        ),
+    ],
 ) -> None:
     """Publish messages onto the queue that other systems use, after validating them."""
     from pydantic import ValidationError
@@ -111,7 +131,9 @@ def publish(
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        errors.print(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}")
+        errors.print(
+            f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        )
         raise typer.Exit(1) from error
     items = data if isinstance(data, list) else [data]
     problems = []
@@ -151,10 +173,14 @@ def _try_connect() -> psycopg.Connection | None:
     """Connect for a check when the database answers and has the schema; a
     check never changes the database and also works offline."""
     try:
-        conn = psycopg.connect(get_settings().database_url, autocommit=True, connect_timeout=3)
+        conn = psycopg.connect(
+            get_settings().database_url, autocommit=True, connect_timeout=3
+        )
     except psycopg.OperationalError:
         return None
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    exists = conn.execute(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL"
+    ).fetchone()
     if not exists or not exists[0]:
         conn.close()
         return None
@@ -319,13 +345,22 @@ def simulate(
     paths: Paths,
     contacts: Annotated[Path, typer.Option("--contacts", help="CSV file of contacts.")],
     start: Annotated[
-        str | None, typer.Option("--from", help="Virtual start, ISO 8601 with offset; the journey's start by default.")
+        str | None,
+        typer.Option(
+            "--from",
+            help="Virtual start, ISO 8601 with offset; the journey's start by default.",
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", help="Virtual end, ISO 8601 with offset; when nothing is left to happen by default.")
+        str | None,
+        typer.Option(
+            "--until",
+            help="Virtual end, ISO 8601 with offset; when nothing is left to happen by default.",
+        ),
     ] = None,
     interactions: Annotated[
-        Path | None, typer.Option("--interactions", help="CSV of contact,tile,kind,at[,link] rows.")
+        Path | None,
+        typer.Option("--interactions", help="CSV of contact,tile,kind,at[,link] rows."),
     ] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -352,10 +387,13 @@ def _aware(text: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO 8601 date-time", param_hint=option) from None
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 date-time", param_hint=option
+        ) from None
     if moment.tzinfo is None:
         raise typer.BadParameter(
-            f"{text!r} has no offset; add one, such as 2027-05-03T09:00:00+02:00", param_hint=option
+            f"{text!r} has no offset; add one, such as 2027-05-03T09:00:00+02:00",
+            param_hint=option,
         )
     return moment
 

@@ -143,27 +143,48 @@ def import_with_progress(
 
 def print_insights(console: Console, payload: dict[str, Any]) -> None:
     emails = Table(title=f"{payload['journey']}: email results")
-    for column in ("tile", "sent", "delivered", "blocked", "bounced hard", "bounced soft",
-                   "opened", "clicked", "unsubscribed", "open rate", "click rate"):
+    for column in (
+        "tile",
+        "sent",
+        "delivered",
+        "blocked",
+        "bounced hard",
+        "bounced soft",
+        "opened",
+        "clicked",
+        "unsubscribed",
+        "open rate",
+        "click rate",
+    ):
         emails.add_column(column, justify="left" if column == "tile" else "right")
     for item in payload["emails"]:
         rates = item["rates"]
         emails.add_row(
-            item["id"], str(item["sent"]), str(item["delivered"]), str(item["blocked"]),
-            str(item["bounced"]["hard"]), str(item["bounced"]["soft"]),
+            item["id"],
+            str(item["sent"]),
+            str(item["delivered"]),
+            str(item["blocked"]),
+            str(item["bounced"]["hard"]),
+            str(item["bounced"]["soft"]),
             f"{item['opened']['unique']} ({item['opened']['total']})",
             f"{item['clicked']['unique']} ({item['clicked']['total']})",
-            str(item["unsubscribed"]), _percent(rates["opened"]), _percent(rates["clicked"]),
+            str(item["unsubscribed"]),
+            _percent(rates["opened"]),
+            _percent(rates["clicked"]),
         )
     console.print(emails)
     for item in payload["branches"]:
-        counts = ", ".join(f"{name}: {count}" for name, count in item["branches"].items())
+        counts = ", ".join(
+            f"{name}: {count}" for name, count in item["branches"].items()
+        )
         console.print(
             f"{item['type']} {item['id']}: entered {item['entered']}, {counts}, "
             f"waiting {item['waiting']}, left {item['left']}"
         )
     contacts = payload["contacts"]
-    left = ", ".join(f"{reason}: {count}" for reason, count in sorted(contacts["left_early"].items()))
+    left = ", ".join(
+        f"{reason}: {count}" for reason, count in sorted(contacts["left_early"].items())
+    )
     console.print(
         f"contacts: {contacts['finished']} finished, {contacts['in_progress']} in progress, "
         f"left early: {left or 'none'}"

@@ -85,16 +85,23 @@ class JourneyCollector(Collector):
         )
         try:
             with get_pool().connection() as conn:
-                for (journey_id,) in conn.execute("SELECT id FROM journeys ORDER BY id").fetchall():
+                for (journey_id,) in conn.execute(
+                    "SELECT id FROM journeys ORDER BY id"
+                ).fetchall():
                     data = journey_insights(conn, journey_id)
                     name = data["journey"]
                     for item in data["emails"]:
                         for key in ("delivered", "unsubscribed"):
                             interactions.add_metric([name, item["id"], key], item[key])
                         for key in ("opened", "clicked"):
-                            interactions.add_metric([name, item["id"], key], item[key]["unique"])
+                            interactions.add_metric(
+                                [name, item["id"], key], item[key]["unique"]
+                            )
                         for key in ("hard", "soft"):
-                            interactions.add_metric([name, item["id"], f"bounced_{key}"], item["bounced"][key])
+                            interactions.add_metric(
+                                [name, item["id"], f"bounced_{key}"],
+                                item["bounced"][key],
+                            )
                     for item in data["branches"]:
                         for branch, count in item["branches"].items():
                             branches.add_metric([name, item["id"], branch], count)
@@ -109,14 +116,19 @@ class JourneyCollector(Collector):
         """Contacts held by wait and condition timers, and those already due
         that the coordinator has not released yet."""
         held = GaugeMetricFamily(
-            "journeys_timers", "Contacts held by wait and condition timers.", labels=["kind"]
+            "journeys_timers",
+            "Contacts held by wait and condition timers.",
+            labels=["kind"],
         )
         due = GaugeMetricFamily(
-            "journeys_timers_due", "Timers whose due time has passed but that are not released yet."
+            "journeys_timers_due",
+            "Timers whose due time has passed but that are not released yet.",
         )
         try:
             with get_pool().connection() as conn:
-                for kind, count in conn.execute("SELECT kind, count(*) FROM timers GROUP BY kind"):
+                for kind, count in conn.execute(
+                    "SELECT kind, count(*) FROM timers GROUP BY kind"
+                ):
                     held.add_metric([kind], count)
                 row = conn.execute(
                     "SELECT count(*) FROM timers WHERE due_at <= %s", (clock.now(),)

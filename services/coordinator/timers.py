@@ -53,7 +53,9 @@ def release_timers(conn: psycopg.Connection, now: datetime, limit: int = 1000) -
             ).fetchall()
             batch = [(*row, "yes") for row in met]
             if len(batch) < limit:
-                due = conn.execute(_DUE_TIMERS, {"now": now, "limit": limit - len(batch)})
+                due = conn.execute(
+                    _DUE_TIMERS, {"now": now, "limit": limit - len(batch)}
+                )
                 batch += [
                     (j, v, t, c, "no" if kind == "condition" else None)
                     for j, v, t, c, kind in due.fetchall()
@@ -65,7 +67,9 @@ def release_timers(conn: psycopg.Connection, now: datetime, limit: int = 1000) -
             return moved
 
 
-def _move_on(conn: psycopg.Connection, batch: list[tuple], now: datetime) -> list[tuple]:
+def _move_on(
+    conn: psycopg.Connection, batch: list[tuple], now: datetime
+) -> list[tuple]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for journey_id, version, tile, contact, branch in batch:
         groups[(journey_id, version, tile, branch)].append(contact)

@@ -127,7 +127,9 @@ def _process_until_idle(
             time.sleep(POLL_SECONDS)
 
 
-def _progress_counts(conn: psycopg.Connection, journey_ids: list[int]) -> tuple[int, int]:
+def _progress_counts(
+    conn: psycopg.Connection, journey_ids: list[int]
+) -> tuple[int, int]:
     """Return the contacts that entered and those still moving; a contact
     held by a wait or condition timer is not moving until it falls due."""
     row = conn.execute(
@@ -168,7 +170,8 @@ def _print_results(
             console, status_payload(journey, tile_counts(conn, journey_id), now)
         )
         waiting = conn.execute(
-            "SELECT count(*), min(due_at) FROM timers WHERE journey_id = %s", (journey_id,)
+            "SELECT count(*), min(due_at) FROM timers WHERE journey_id = %s",
+            (journey_id,),
         ).fetchone()
         if waiting and waiting[0]:
             console.print(

@@ -47,7 +47,12 @@ def change_membership(change: SegmentMembershipChange) -> int:
     An addition also touches the contact's update time, so that a live
     journey on the segment feeds the contact as a late joiner.
     """
-    identifiers = sorted({item.strip().lower() if "@" in item else item.strip() for item in change.contacts})
+    identifiers = sorted(
+        {
+            item.strip().lower() if "@" in item else item.strip()
+            for item in change.contacts
+        }
+    )
     with get_pool().connection() as conn, conn.transaction():
         source = conn.execute(
             "SELECT body ->> 'source' FROM definitions WHERE kind = 'segment' AND name = %s",
@@ -86,7 +91,9 @@ def change_membership(change: SegmentMembershipChange) -> int:
 def contact_upsert(*args: Any, **kwargs: Any) -> None:
     change = accept(ContactUpsert, CONTACTS_QUEUE, args, kwargs)
     outcome = upsert_contact(change)
-    logger.debug("contact %s from the queue: %s", change.contact_id or change.email, outcome)
+    logger.debug(
+        "contact %s from the queue: %s", change.contact_id or change.email, outcome
+    )
 
 
 @dramatiq.actor(
@@ -103,5 +110,9 @@ def segment_membership(*args: Any, **kwargs: Any) -> None:
         logger.warning("segment membership change dead-lettered: %s", error)
         raise
     logger.info(
-        "segment %s: %s %d of %d contacts", change.segment, change.action, changed, len(change.contacts)
+        "segment %s: %s %d of %d contacts",
+        change.segment,
+        change.action,
+        changed,
+        len(change.contacts),
     )

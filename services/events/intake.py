@@ -28,7 +28,9 @@ def _rejected() -> Counter:
     )
 
 
-def accept(model: type[Model], queue: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Model:
+def accept(
+    model: type[Model], queue: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Model:
     """Return the message's one argument as `model`, or dead-letter it.
 
     Raises BrokenMessage, which the actors list in `throws`, so Dramatiq moves
@@ -43,13 +45,17 @@ def accept(model: type[Model], queue: str, args: tuple[Any, ...], kwargs: dict[s
         try:
             return model.model_validate(args[0])
         except ValidationError as error:
-            problems = "; ".join(describe(item) for item in error.errors(include_url=False))
+            problems = "; ".join(
+                describe(item) for item in error.errors(include_url=False)
+            )
             raise BrokenMessage(f"invalid {queue} message: {problems}") from error
     except BrokenMessage as error:
         message = CurrentMessage.get_current_message()
         # Dramatiq logs only the exception's type, so the reason is logged here.
         logger.warning(
-            "message %s dead-lettered: %s", message.message_id if message else "(unknown)", error
+            "message %s dead-lettered: %s",
+            message.message_id if message else "(unknown)",
+            error,
         )
         _rejected().labels(queue).inc()
         raise

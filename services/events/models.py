@@ -63,7 +63,9 @@ class ContactUpsert(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    contact_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NO_LINE_BREAKS)
+    contact_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=_NO_LINE_BREAKS
+    )
     email: str = Field(min_length=3, max_length=320, pattern=_NO_LINE_BREAKS)
     firstname: str = Field(default="", max_length=1000)
     lastname: str = Field(default="", max_length=1000)
@@ -72,8 +74,13 @@ class ContactUpsert(BaseModel):
         description="true unsubscribes the contact; false never subscribes one "
         "again who unsubscribed",
     )
-    fields: dict[Annotated[str, Field(pattern=_FIELD_NAME)], Annotated[str, Field(max_length=10_000)]] = Field(
-        default_factory=dict, max_length=200, description="Other contact fields, as text"
+    fields: dict[
+        Annotated[str, Field(pattern=_FIELD_NAME)],
+        Annotated[str, Field(max_length=10_000)],
+    ] = Field(
+        default_factory=dict,
+        max_length=200,
+        description="Other contact fields, as text",
     )
 
 
@@ -85,6 +92,8 @@ class SegmentMembershipChange(BaseModel):
 
     segment: str = Field(min_length=1, max_length=200)
     action: Literal["add", "remove"]
-    contacts: list[Annotated[str, Field(min_length=1, max_length=320, pattern=_NO_LINE_BREAKS)]] = Field(
+    contacts: list[
+        Annotated[str, Field(min_length=1, max_length=320, pattern=_NO_LINE_BREAKS)]
+    ] = Field(
         min_length=1, max_length=1000, description="Contact ids or email addresses"
     )

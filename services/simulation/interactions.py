@@ -7,11 +7,12 @@ import csv
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import psycopg
 
 from shared.errors import DefinitionError
-from shared.interactions import SendRef, record_interaction
+from shared.interactions import Kind, SendRef, record_interaction
 
 KINDS = ("opened", "clicked", "unsubscribed", "bounced")
 COLUMNS = ("contact", "tile", "kind", "at")
@@ -51,7 +52,9 @@ def read_interactions(path: Path) -> list[PlannedInteraction]:
     return planned
 
 
-def _parse(row: dict[str, str], line: int) -> tuple[PlannedInteraction | None, str | None]:
+def _parse(
+    row: dict[str, str], line: int
+) -> tuple[PlannedInteraction | None, str | None]:
     kind = (row.get("kind") or "").strip()
     if kind not in KINDS:
         return None, f"kind {kind!r} is invalid; expected one of {', '.join(KINDS)}"
@@ -66,7 +69,9 @@ def _parse(row: dict[str, str], line: int) -> tuple[PlannedInteraction | None, s
             "2027-05-03T10:00:00+02:00 or 2027-05-03T08:00:00Z"
         )
     link = (row.get("link") or "").strip() or None
-    return PlannedInteraction(line, row["contact"].strip(), row["tile"].strip(), kind, at, link), None
+    return PlannedInteraction(
+        line, row["contact"].strip(), row["tile"].strip(), kind, at, link
+    ), None
 
 
 def apply_due(
@@ -95,7 +100,12 @@ def _apply(conn: psycopg.Connection, item: PlannedInteraction) -> None:
         )
         return
     send = SendRef(*row)
-    link = item.link or (send.links[0] if item.kind == "clicked" and send.links else None)
+    link = item.link or (
+        send.links[0] if item.kind == "clicked" and send.links else None
+    )
     hard = True if item.kind == "bounced" else None
+    kind = cast(Kind, item.kind)  # read_interactions accepts only these kinds
     with conn.transaction():
-        record_interaction(conn, send, item.kind, item.at, link=link, hard=hard, source="simulation")  # type: ignore[arg-type]
+        record_interaction(
+            conn, send, kind, item.at, link=link, hard=hard, source="simulation"
+        )

@@ -28,13 +28,16 @@ def split_contacts(contacts_file: Path, folder: Path) -> tuple[Path, list[Joinin
             return contacts_file, []
         groups: dict[datetime | None, list[dict[str, str]]] = {}
         for row in reader:
-            joined = _joined(row.pop(JOINED_AT, "") or "", contacts_file, reader.line_num)
+            joined = _joined(
+                row.pop(JOINED_AT, "") or "", contacts_file, reader.line_num
+            )
             groups.setdefault(joined, []).append(row)
     columns.remove(JOINED_AT)
     initial = _write(folder / "contacts-initial.csv", columns, groups.pop(None, []))
+    timed = sorted((at, rows) for at, rows in groups.items() if at is not None)
     later = [
         Joining(at, _write(folder / f"contacts-{index}.csv", columns, rows))
-        for index, (at, rows) in enumerate(sorted(groups.items(), key=lambda g: g[0]))  # type: ignore[arg-type, return-value]
+        for index, (at, rows) in enumerate(timed)
     ]
     return initial, later
 
@@ -45,7 +48,9 @@ def _joined(text: str, path: Path, line: int) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise DefinitionError(f"{path}:{line}: joined_at {text!r} is not an ISO 8601 date-time") from None
+        raise DefinitionError(
+            f"{path}:{line}: joined_at {text!r} is not an ISO 8601 date-time"
+        ) from None
     if moment.tzinfo is None:
         raise DefinitionError(
             f"{path}:{line}: joined_at {text!r} has no offset; write it with one, "

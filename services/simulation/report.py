@@ -39,18 +39,24 @@ def contact_paths(conn: psycopg.Connection, journey_id: int) -> dict[str, Any]:
     ).fetchall()
     contacts: dict[str, dict[str, Any]] = {}
     for who, tile, state, outcome, reason, entered, done, end_state, end_reason in rows:
-        item = contacts.setdefault(who, {"contact": who, "steps": [], "state": end_state, "reason": end_reason})
-        item["steps"].append({
-            "tile": tile,
-            "state": state,
-            "outcome": outcome,
-            "reason": reason,
-            "entered": entered.isoformat(),
-            "done": done.isoformat() if done else None,
-        })
+        item = contacts.setdefault(
+            who, {"contact": who, "steps": [], "state": end_state, "reason": end_reason}
+        )
+        item["steps"].append(
+            {
+                "tile": tile,
+                "state": state,
+                "outcome": outcome,
+                "reason": reason,
+                "entered": entered.isoformat(),
+                "done": done.isoformat() if done else None,
+            }
+        )
     order = {tile["id"]: index for index, tile in enumerate(payload["tiles"])}
     for item in contacts.values():
-        item["steps"].sort(key=lambda step: (step["entered"], order.get(step["tile"], 0)))
+        item["steps"].sort(
+            key=lambda step: (step["entered"], order.get(step["tile"], 0))
+        )
     payload["contacts"] = list(contacts.values())
     return payload
 
@@ -59,12 +65,16 @@ def describe_path(item: dict[str, Any]) -> str:
     parts = []
     for step in item["steps"]:
         label = step["tile"]
-        detail = step["outcome"] or (step["state"] if step["state"] != "completed" else None)
+        detail = step["outcome"] or (
+            step["state"] if step["state"] != "completed" else None
+        )
         parts.append(f"{label} ({detail})" if detail else label)
     return " → ".join(parts)
 
 
-def print_report(console: Console, results: list[dict[str, Any]], *, as_json: bool, notes: list[str]) -> None:
+def print_report(
+    console: Console, results: list[dict[str, Any]], *, as_json: bool, notes: list[str]
+) -> None:
     if as_json:
         print(json.dumps({"journeys": results, "notes": notes}, indent=2, default=str))
         return

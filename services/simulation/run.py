@@ -21,7 +21,11 @@ import psycopg
 from rich.console import Console
 
 from services.embedded.sink import SmtpSink
-from services.simulation.interactions import PlannedInteraction, apply_due, read_interactions
+from services.simulation.interactions import (
+    PlannedInteraction,
+    apply_due,
+    read_interactions,
+)
 from services.simulation.joiners import Joining, split_contacts
 from services.simulation.report import contact_paths, print_report
 from shared import clock
@@ -66,7 +70,9 @@ def simulate(
         )
         get_settings.cache_clear()
         try:
-            return _run(console, paths, contacts_file, joinings, start, until, planned, as_json)
+            return _run(
+                console, paths, contacts_file, joinings, start, until, planned, as_json
+            )
         finally:
             sink.stop()
             server.cleanup()
@@ -89,7 +95,6 @@ def _run(
     from shared.contacts import import_contacts
     from shared.db import close_pool, migrate
     from shared.golive import go_live_paths
-    from shared.loading import load_documents
 
     first = start or _earliest_start(paths)
     virtual = clock.ManualClock(first)
@@ -101,7 +106,9 @@ def _run(
         with psycopg.connect(get_settings().database_url, autocommit=True) as conn:
             report = import_contacts(conn, contacts_file)
             for bad in report.bad_rows:
-                console.print(f"[yellow]{contacts_file}:{bad.line}: skipped: {bad.reason}[/yellow]")
+                console.print(
+                    f"[yellow]{contacts_file}:{bad.line}: skipped: {bad.reason}[/yellow]"
+                )
             outcome = go_live_paths(conn, paths, virtual.now())
             if outcome.errors:
                 print_outcome(console, outcome, as_json=False, checked_database=True)
@@ -112,7 +119,9 @@ def _run(
     finally:
         worker.stop()
         close_pool()
-    print_report(console, results, as_json=as_json, notes=[p.note for p in planned if p.note])
+    print_report(
+        console, results, as_json=as_json, notes=[p.note for p in planned if p.note]
+    )
     return 0
 
 
@@ -174,7 +183,13 @@ def _advance(
     raise JourneyError(f"the simulation did not settle within {MAX_JUMPS} clock jumps")
 
 
-def _settle(conn: psycopg.Connection, broker: Any, worker: Any, virtual: clock.ManualClock, tick: Any) -> None:
+def _settle(
+    conn: psycopg.Connection,
+    broker: Any,
+    worker: Any,
+    virtual: clock.ManualClock,
+    tick: Any,
+) -> None:
     """Tick and drain the queues until no message and no fed contact is left.
 
     Gives up after a bounded number of rounds, so a contact stuck by a failing
@@ -190,7 +205,12 @@ def _settle(conn: psycopg.Connection, broker: Any, worker: Any, virtual: clock.M
             " WHERE s.state = 'in_progress' AND NOT EXISTS (SELECT 1 FROM timers t"
             " WHERE t.journey_id = s.journey_id AND t.tile = s.tile AND t.contact = s.contact))"
         ).fetchone()
-        if report.feeding_done and report.fed == 0 and report.released == 0 and busy == (0,):
+        if (
+            report.feeding_done
+            and report.fed == 0
+            and report.released == 0
+            and busy == (0,)
+        ):
             return
 
 

@@ -12,6 +12,8 @@ from shared.broker import configure_broker
 broker = configure_broker()
 
 # The actors bind to the broker above when their modules are imported.
+from services.events import actors as interaction_events  # noqa: E402
+from services.events import contacts as contact_events  # noqa: E402
 from services.tiles import (  # noqa: E402
     audience,
     condition,
@@ -20,8 +22,6 @@ from services.tiles import (  # noqa: E402
     split,
     wait,
 )
-from services.events import actors as interaction_events  # noqa: E402
-from services.events import contacts as contact_events  # noqa: E402
 
 logging.getLogger("pika").setLevel(logging.WARNING)
 

@@ -13,8 +13,8 @@ import dramatiq
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.config import get_settings
 from services.tiles.plan import ACTOR_FOR_TYPE, JourneyPlan, load_plan
+from shared.config import get_settings
 from shared.errors import BrokenMessage
 
 logger = logging.getLogger(__name__)

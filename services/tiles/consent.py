@@ -19,7 +19,7 @@ def consent_reasons(
     """Return the contacts that must leave the journey, with the reason each."""
     if not contacts:
         return {}
-    suppressed = sql.SQL("false")
+    suppressed: sql.Composable = sql.SQL("false")
     if plan.definition.suppression:
         row = conn.execute(
             "SELECT body FROM definitions"

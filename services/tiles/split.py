@@ -8,7 +8,6 @@ message takes the same branch; the chosen branch is stored in the step.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 
 import dramatiq
 import psycopg
@@ -86,7 +85,7 @@ def _choose(
     conn.execute(
         "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (plan.journey_id, tile.id)
     )
-    taken = dict(
+    taken: dict[str, int] = dict(
         conn.execute(
             "SELECT outcome, count(*) FROM steps WHERE journey_id = %s AND tile = %s"
             " AND outcome IS NOT NULL GROUP BY outcome",

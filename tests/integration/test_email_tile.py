@@ -167,7 +167,9 @@ def test_headers_carry_one_click_unsubscribe(db, processes, smtp_sink, tmp_path)
 
     sends = {
         address: (send_id, contact)
-        for send_id, contact, address in db.execute("SELECT id, contact, address FROM sends")
+        for send_id, contact, address in db.execute(
+            "SELECT id, contact, address FROM sends"
+        )
     }
     tokens = set()
     for message in smtp_sink.handler.parsed():

@@ -102,10 +102,17 @@ def test_onboarding_example_insights_agree_with_sink_and_clicks(
     wait_until(lambda: len(smtp_sink.handler.messages) == 22, 60, what="reminders")
     time.sleep(2)
 
-    assert Counter(recipients(smtp_sink)) == {f"n{n}@example.com": 2 for n in range(1, 12)}
+    assert Counter(recipients(smtp_sink)) == {
+        f"n{n}@example.com": 2 for n in range(1, 12)
+    }
     result = subprocess.run(
         [sys.executable, "-m", "services.cli.main", "insights", "onboarding", "--json"],
-        env=processes.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        env=processes.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     insights = json.loads(result.stdout)
     emails = {item["id"]: item for item in insights["emails"]}
@@ -119,7 +126,9 @@ def test_onboarding_example_insights_agree_with_sink_and_clicks(
     split = branches["tips-split"]
     assert sum(split["branches"].values()) == split["entered"] == 5
     assert branches["speaks-german"]["branches"] == {"yes": 3, "no": 3}
-    assert sum(item["sent"] for item in emails.values()) == len(smtp_sink.handler.messages)
+    assert sum(item["sent"] for item in emails.values()) == len(
+        smtp_sink.handler.messages
+    )
     assert insights["contacts"] == {
         "finished": 11,
         "in_progress": 0,
@@ -134,14 +143,20 @@ def test_onboarding_example_insights_agree_with_sink_and_clicks(
     assert _metric(scrape, interactions, interaction="clicked", **welcome_labels) == 2
     assert (
         _metric(
-            scrape, "journeys_branch_contacts",
-            journey="onboarding", tile="opened-welcome", branch="no",
+            scrape,
+            "journeys_branch_contacts",
+            journey="onboarding",
+            tile="opened-welcome",
+            branch="no",
         )
         == 6
     )
     for tile, item in emails.items():
         sent = _metric(
-            scrape, "journeys_email_results_total",
-            journey="onboarding", tile=tile, result="sent",
+            scrape,
+            "journeys_email_results_total",
+            journey="onboarding",
+            tile=tile,
+            result="sent",
         )
         assert sent == item["sent"]

@@ -124,11 +124,14 @@ def test_example_journey_emails_each_eligible_contact_once(
         f"http://127.0.0.1:{processes.metrics_ports[workers.pid]}/metrics", timeout=10
     ).text
     assert _metric(
-        worker_scrape, "journeys_tile_contacts_processed_total", outcome="sent", **labels
+        worker_scrape,
+        "journeys_tile_contacts_processed_total",
+        outcome="sent",
+        **labels,
     ) == len(expected)
-    assert _metric(
-        worker_scrape, "dramatiq_messages_total", actor_name="email_tile"
-    ) > 0
+    assert (
+        _metric(worker_scrape, "dramatiq_messages_total", actor_name="email_tile") > 0
+    )
     rate = len(expected) / elapsed
     print(f"\n{len(expected)} emails in {elapsed:.1f} s: {rate:.0f} contacts/s")
     print(f"peak resident memory (MB): {peaks}")

@@ -65,8 +65,14 @@ def short_timeout_broker() -> Iterator[str]:
     if _has_user("rabbitmq"):  # the server drops root and runs as this user
         for path in [folder, *folder.rglob("*")]:
             shutil.chown(path, "rabbitmq", "rabbitmq")
-    subprocess.run(["rabbitmq-server", "-detached"], env=_node_env(folder), check=True, timeout=60)
-    wait_until(lambda: _ctl("await_startup").returncode == 0, 90, what="the second RabbitMQ node")
+    subprocess.run(
+        ["rabbitmq-server", "-detached"], env=_node_env(folder), check=True, timeout=60
+    )
+    wait_until(
+        lambda: _ctl("await_startup").returncode == 0,
+        90,
+        what="the second RabbitMQ node",
+    )
     timeout = _ctl("eval", "application:get_env(rabbit, consumer_timeout).").stdout
     assert str(CONSUMER_TIMEOUT_MS) in timeout
     yield f"amqp://guest:guest@127.0.0.1:{PORT}/%2F"
@@ -100,28 +106,46 @@ def test_long_wait_outlives_consumer_timeout(
     ]
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
     path = write_definitions(
-        tmp_path, start="2027-06-01 09:00", end="2027-06-02 09:00",
-        emails={"first": "live", "second": "live"}, tiles=tiles,
+        tmp_path,
+        start="2027-06-01 09:00",
+        end="2027-06-02 09:00",
+        emails={"first": "live", "second": "live"},
+        tiles=tiles,
     )
     assert not go_live_paths(db, [path], virtual_time.now()).errors
     processes.start_workers(processes=1, threads=4)
     processes.start_coordinator()
-    wait_until(lambda: len(smtp_sink.handler.messages) == 3, 60, what="the first emails")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 3, 60, what="the first emails"
+    )
 
     held = []
     for _ in range(14):  # 70 s of real time, past the 60 s consumer timeout
         time.sleep(5)
-        held.append(sum(processes.queue_depth(q) for q in ("tile.wait", "tile.wait.DQ", "tile.email")))
+        held.append(
+            sum(
+                processes.queue_depth(q)
+                for q in ("tile.wait", "tile.wait.DQ", "tile.email")
+            )
+        )
         assert len(smtp_sink.handler.messages) == 3
     assert held == [0] * 14
 
     virtual_time.set(start + timedelta(minutes=5, seconds=1))
-    wait_until(lambda: len(smtp_sink.handler.messages) == 6, 60, what="the second emails")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 6, 60, what="the second emails"
+    )
     time.sleep(2)
 
     assert Counter(recipients(smtp_sink)) == {f"c{n}@example.com": 2 for n in (1, 2, 3)}
-    firsts = dict(db.execute("SELECT contact, finished_at FROM sends WHERE tile = 'email-1'").fetchall())
-    for contact, finished in db.execute("SELECT contact, finished_at FROM sends WHERE tile = 'email-2'"):
+    firsts = dict(
+        db.execute(
+            "SELECT contact, finished_at FROM sends WHERE tile = 'email-1'"
+        ).fetchall()
+    )
+    for contact, finished in db.execute(
+        "SELECT contact, finished_at FROM sends WHERE tile = 'email-2'"
+    ):
         assert finished - firsts[contact] >= timedelta(minutes=5)
     waits = db.execute(
         "SELECT state, count(*) FROM steps WHERE tile = 'wait-5m' GROUP BY state"

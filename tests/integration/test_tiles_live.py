@@ -86,9 +86,22 @@ def _simulate(path, contacts, interactions, tmp_path) -> tuple[dict, list]:
     contacts_file = write_contacts(tmp_path / "simulated-contacts.csv", contacts)
     interactions_file = write_contacts(tmp_path / "interactions.csv", interactions)
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "simulate", str(path),
-         "--contacts", str(contacts_file), "--interactions", str(interactions_file), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "simulate",
+            str(path),
+            "--contacts",
+            str(contacts_file),
+            "--interactions",
+            str(interactions_file),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return _simplified(json.loads(result.stdout)["journeys"][0])
@@ -109,15 +122,21 @@ def _settled(db) -> bool:
 
 
 @pytest.mark.slow
-def test_window_and_wait_follow_journey_time(db, processes, smtp_sink, virtual_time, tmp_path):
+def test_window_and_wait_follow_journey_time(
+    db, processes, smtp_sink, virtual_time, tmp_path
+):
     """Berlin 09:00 to 12:00; email, wait 2 h, email. c1 is in the segment
     from 08:59, c2 joins at 11:00 and its wait ends after the end."""
     start = datetime(2027, 5, 3, 7, 0, tzinfo=UTC)
     virtual_time.set(start - timedelta(minutes=1))
     import_contacts(db, write_contacts(tmp_path / "c1.csv", simple_contacts(1)))
     path = write_definitions(
-        tmp_path, start="2027-05-03 09:00", end="2027-05-03 12:00",
-        timezone="Europe/Berlin", emails=EMAILS, tiles=C04_TILES,
+        tmp_path,
+        start="2027-05-03 09:00",
+        end="2027-05-03 12:00",
+        timezone="Europe/Berlin",
+        emails=EMAILS,
+        tiles=C04_TILES,
     )
     _go_live(db, path, virtual_time.now())
     processes.start_workers(processes=1, threads=4)
@@ -127,7 +146,9 @@ def test_window_and_wait_follow_journey_time(db, processes, smtp_sink, virtual_t
     time.sleep(3)
     assert smtp_sink.handler.messages == []
     virtual_time.set(start)
-    wait_until(lambda: len(smtp_sink.handler.messages) == 1, 30, what="c1's first email")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 1, 30, what="c1's first email"
+    )
     assert _sent(db, "email-1")["c1"] - start < timedelta(seconds=30)
 
     virtual_time.set(start + timedelta(hours=2))
@@ -137,13 +158,19 @@ def test_window_and_wait_follow_journey_time(db, processes, smtp_sink, virtual_t
     assert set(_sent(db, "email-1")) == {"c1", "c2"}
 
     virtual_time.set(start + timedelta(hours=3))
-    wait_until(lambda: db.execute("SELECT status FROM journeys").fetchone() == ("completed",), 30, what="the end")
+    wait_until(
+        lambda: db.execute("SELECT status FROM journeys").fetchone() == ("completed",),
+        30,
+        what="the end",
+    )
     entry = db.execute(
         "SELECT e.state, e.reason FROM entries e JOIN contacts c ON c.id = e.contact"
         " WHERE c.contact_id = 'c2'"
     ).fetchone()
     assert entry == ("stopped", "journey_ended")
-    waiting = db.execute("SELECT count(*) FROM steps WHERE tile = 'wait-2h' AND state = 'in_progress'").fetchone()
+    waiting = db.execute(
+        "SELECT count(*) FROM steps WHERE tile = 'wait-2h' AND state = 'in_progress'"
+    ).fetchone()
     assert waiting == (0,)
 
     virtual_time.set(start + timedelta(hours=3, minutes=30))
@@ -156,52 +183,17 @@ def test_window_and_wait_follow_journey_time(db, processes, smtp_sink, virtual_t
 
     simulated = _simulate(
         path,
-        [{**simple_contacts(2)[0], "joined_at": ""},
-         {**simple_contacts(2)[1], "joined_at": "2027-05-03T11:00:00+02:00"}],
-        [{"contact": "c1", "tile": "email-1", "kind": "opened", "at": "2027-05-03T12:30:00+02:00"}],
-        tmp_path,
-    )
-    assert simulated == _live(db)
-
-
-@pytest.mark.slow
-def test_condition_on_open_takes_one_branch_each(db, processes, smtp_sink, virtual_time, tmp_path):
-    """c1 opens after 1 hour, c2 never, c3 after 3 days: yes=1 (at the open),
-    no=2 (at the 2-day timeout), and the late open changes nothing."""
-    start = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
-    virtual_time.set(start)
-    import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
-    path = write_definitions(tmp_path, start="2027-06-01 09:00", end="2027-07-01 09:00", emails=EMAILS, tiles=C10_TILES)
-    _go_live(db, path, virtual_time.now())
-    processes.start_workers(processes=1, threads=4)
-    processes.start_coordinator()
-    processes.start_tracking()
-    wait_until(lambda: len(smtp_sink.handler.messages) == 3, 30, what="email E")
-
-    virtual_time.set(start + timedelta(hours=1))
-    assert httpx.get(_pixel_url(smtp_sink, "c1@example.com"), timeout=10).status_code == 200
-    wait_until(lambda: "c1" in _sent(db, "email-y"), 30, what="c1's yes email")
-    assert _sent(db, "email-y")["c1"] < start + timedelta(hours=1, minutes=1)
-
-    virtual_time.set(start + timedelta(days=2, seconds=1))
-    wait_until(lambda: len(_sent(db, "email-n")) == 2, 30, what="two no emails")
-    virtual_time.set(start + timedelta(days=3))
-    assert httpx.get(_pixel_url(smtp_sink, "c3@example.com"), timeout=10).status_code == 200
-    time.sleep(3)
-
-    assert set(_sent(db, "email-y")) == {"c1"}
-    assert set(_sent(db, "email-n")) == {"c2", "c3"}
-    branches = step_counts(db, "opened-e")
-    assert branches == {"yes": 1, "no": 2}
-    assert sum(branches.values()) == db.execute("SELECT count(*) FROM steps WHERE tile = 'opened-e'").fetchone()[0]
-    assert Counter(recipients(smtp_sink)) == {f"c{n}@example.com": 2 for n in (1, 2, 3)}
-
-    simulated = _simulate(
-        path,
-        simple_contacts(3),
         [
-            {"contact": "c1", "tile": "email-e", "kind": "opened", "at": "2027-06-01T10:00:00Z"},
-            {"contact": "c3", "tile": "email-e", "kind": "opened", "at": "2027-06-04T09:00:00Z"},
+            {**simple_contacts(2)[0], "joined_at": ""},
+            {**simple_contacts(2)[1], "joined_at": "2027-05-03T11:00:00+02:00"},
+        ],
+        [
+            {
+                "contact": "c1",
+                "tile": "email-1",
+                "kind": "opened",
+                "at": "2027-05-03T12:30:00+02:00",
+            }
         ],
         tmp_path,
     )
@@ -209,7 +201,82 @@ def test_condition_on_open_takes_one_branch_each(db, processes, smtp_sink, virtu
 
 
 @pytest.mark.slow
-def test_unsubscribe_during_wait_leaves_once(db, processes, smtp_sink, virtual_time, tmp_path):
+def test_condition_on_open_takes_one_branch_each(
+    db, processes, smtp_sink, virtual_time, tmp_path
+):
+    """c1 opens after 1 hour, c2 never, c3 after 3 days: yes=1 (at the open),
+    no=2 (at the 2-day timeout), and the late open changes nothing."""
+    start = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
+    virtual_time.set(start)
+    import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
+    path = write_definitions(
+        tmp_path,
+        start="2027-06-01 09:00",
+        end="2027-07-01 09:00",
+        emails=EMAILS,
+        tiles=C10_TILES,
+    )
+    _go_live(db, path, virtual_time.now())
+    processes.start_workers(processes=1, threads=4)
+    processes.start_coordinator()
+    processes.start_tracking()
+    wait_until(lambda: len(smtp_sink.handler.messages) == 3, 30, what="email E")
+
+    virtual_time.set(start + timedelta(hours=1))
+    assert (
+        httpx.get(_pixel_url(smtp_sink, "c1@example.com"), timeout=10).status_code
+        == 200
+    )
+    wait_until(lambda: "c1" in _sent(db, "email-y"), 30, what="c1's yes email")
+    assert _sent(db, "email-y")["c1"] < start + timedelta(hours=1, minutes=1)
+
+    virtual_time.set(start + timedelta(days=2, seconds=1))
+    wait_until(lambda: len(_sent(db, "email-n")) == 2, 30, what="two no emails")
+    virtual_time.set(start + timedelta(days=3))
+    assert (
+        httpx.get(_pixel_url(smtp_sink, "c3@example.com"), timeout=10).status_code
+        == 200
+    )
+    time.sleep(3)
+
+    assert set(_sent(db, "email-y")) == {"c1"}
+    assert set(_sent(db, "email-n")) == {"c2", "c3"}
+    branches = step_counts(db, "opened-e")
+    assert branches == {"yes": 1, "no": 2}
+    assert (
+        sum(branches.values())
+        == db.execute("SELECT count(*) FROM steps WHERE tile = 'opened-e'").fetchone()[
+            0
+        ]
+    )
+    assert Counter(recipients(smtp_sink)) == {f"c{n}@example.com": 2 for n in (1, 2, 3)}
+
+    simulated = _simulate(
+        path,
+        simple_contacts(3),
+        [
+            {
+                "contact": "c1",
+                "tile": "email-e",
+                "kind": "opened",
+                "at": "2027-06-01T10:00:00Z",
+            },
+            {
+                "contact": "c3",
+                "tile": "email-e",
+                "kind": "opened",
+                "at": "2027-06-04T09:00:00Z",
+            },
+        ],
+        tmp_path,
+    )
+    assert simulated == _live(db)
+
+
+@pytest.mark.slow
+def test_unsubscribe_during_wait_leaves_once(
+    db, processes, smtp_sink, virtual_time, tmp_path
+):
     """c1 unsubscribes with the one-click link while it waits; c2 was
     unsubscribed before it entered; c3 stays."""
     start = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
@@ -223,47 +290,84 @@ def test_unsubscribe_during_wait_leaves_once(db, processes, smtp_sink, virtual_t
         {"id": "wait-1d", "type": "wait", "duration": "1d"},
         {"id": "email-2", "type": "email", "email": "second"},
     ]
-    path = write_definitions(tmp_path, start="2027-06-01 09:00", end="2027-07-01 09:00", emails=EMAILS, tiles=tiles)
+    path = write_definitions(
+        tmp_path,
+        start="2027-06-01 09:00",
+        end="2027-07-01 09:00",
+        emails=EMAILS,
+        tiles=tiles,
+    )
     _go_live(db, path, virtual_time.now())
     processes.start_workers(processes=1, threads=4)
     processes.start_coordinator()
     tracking = f"http://127.0.0.1:{processes.env['JOURNEYS_TRACKING_PORT']}"
     processes.start_tracking()
-    wait_until(lambda: len(smtp_sink.handler.messages) == 2, 30, what="two first emails")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 2, 30, what="two first emails"
+    )
 
-    message = next(m for m in smtp_sink.handler.parsed() if m["To"].addresses[0].addr_spec == "c1@example.com")
+    message = next(
+        m
+        for m in smtp_sink.handler.parsed()
+        if m["To"].addresses[0].addr_spec == "c1@example.com"
+    )
     link = re.match(r"<(https://[^>]+)>", str(message["List-Unsubscribe"])).group(1)
     token = link.split("token=", 1)[1]
     answer = httpx.post(
-        f"{tracking}/unsubscribe", params={"token": token},
+        f"{tracking}/unsubscribe",
+        params={"token": token},
         content=b"List-Unsubscribe=One-Click",
-        headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
     )
     assert answer.status_code == 200
 
     virtual_time.set(start + timedelta(days=1, seconds=1))
-    wait_until(lambda: _settled(db) and db.execute("SELECT count(*) FROM timers").fetchone() == (0,), 30, what="the wait")
+    wait_until(
+        lambda: (
+            _settled(db)
+            and db.execute("SELECT count(*) FROM timers").fetchone() == (0,)
+        ),
+        30,
+        what="the wait",
+    )
     assert Counter(recipients(smtp_sink)) == {"c1@example.com": 1, "c3@example.com": 2}
-    reasons = dict(db.execute(
-        "SELECT c.contact_id, e.reason FROM entries e JOIN contacts c ON c.id = e.contact"
-    ).fetchall())
+    reasons = dict(
+        db.execute(
+            "SELECT c.contact_id, e.reason FROM entries e JOIN contacts c ON c.id = e.contact"
+        ).fetchall()
+    )
     assert reasons == {"c1": "unsubscribed", "c2": "unsubscribed", "c3": None}
-    assert db.execute("SELECT count(*) FROM steps WHERE tile = 'wait-1d' AND state = 'in_progress'").fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM steps WHERE tile = 'wait-1d' AND state = 'in_progress'"
+    ).fetchone() == (0,)
     for queue in ("tile.email", "tile.wait", "tile.email.DQ", "tile.wait.DQ"):
         assert processes.queue_depth(queue) == 0, queue
 
 
 def test_split_branches_add_up_to_entered(db, processes, smtp_sink, tmp_path):
-    tiles = [{
-        "id": "ab",
-        "type": "split",
-        "branches": [
-            {"name": "a", "percent": 30, "tiles": [{"id": "mail-a", "type": "email", "email": "first"}]},
-            {"name": "b", "percent": 70, "tiles": [{"id": "mail-b", "type": "email", "email": "second"}]},
-        ],
-    }]
+    tiles = [
+        {
+            "id": "ab",
+            "type": "split",
+            "branches": [
+                {
+                    "name": "a",
+                    "percent": 30,
+                    "tiles": [{"id": "mail-a", "type": "email", "email": "first"}],
+                },
+                {
+                    "name": "b",
+                    "percent": 70,
+                    "tiles": [{"id": "mail-b", "type": "email", "email": "second"}],
+                },
+            ],
+        }
+    ]
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(200)))
-    _go_live(db, write_definitions(tmp_path, emails=EMAILS, tiles=tiles), datetime.now(UTC))
+    _go_live(
+        db, write_definitions(tmp_path, emails=EMAILS, tiles=tiles), datetime.now(UTC)
+    )
     processes.start_workers(processes=2, threads=4)
     processes.start_coordinator()
     wait_until(lambda: len(smtp_sink.handler.messages) == 200, 60, what="200 emails")
@@ -276,7 +380,9 @@ def test_split_branches_add_up_to_entered(db, processes, smtp_sink, tmp_path):
     assert step_counts(db, "mail-b") == {"sent": branches["b"]}
 
 
-def test_dropped_connection_while_waiting_duplicates_nothing(db, processes, smtp_sink, tmp_path):
+def test_dropped_connection_while_waiting_duplicates_nothing(
+    db, processes, smtp_sink, tmp_path
+):
     """Wait 15 s then email, 100 contacts; the consumers' connections are
     closed while the contacts wait, and duplicates are published on purpose."""
     tiles = [
@@ -284,38 +390,75 @@ def test_dropped_connection_while_waiting_duplicates_nothing(db, processes, smtp
         {"id": "mail", "type": "email", "email": "first"},
     ]
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(100)))
-    _go_live(db, write_definitions(tmp_path, emails=EMAILS, tiles=tiles), datetime.now(UTC))
+    _go_live(
+        db, write_definitions(tmp_path, emails=EMAILS, tiles=tiles), datetime.now(UTC)
+    )
     processes.start_workers(processes=1, threads=16)
     processes.start_coordinator()
     wait_until(
-        lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (100,), 30, what="100 waiting"
+        lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (100,),
+        30,
+        what="100 waiting",
     )
     vhost = processes.broker_url.rsplit("/", 1)[1]
     subprocess.run(
-        ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "test closes consumers"],
-        check=True, capture_output=True, timeout=60,
+        [
+            "rabbitmqctl",
+            "-q",
+            "close_all_connections",
+            "-p",
+            vhost,
+            "test closes consumers",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     journey_id, version = db.execute("SELECT id, version FROM journeys").fetchone()
     contacts = [row[0] for row in db.execute("SELECT id FROM contacts")]
     processes.publish(
-        "tile.wait", "wait_tile",
-        [{"journey_id": journey_id, "version": version, "tile": "wait-15s", "contacts": contacts}] * 3,
+        "tile.wait",
+        "wait_tile",
+        [
+            {
+                "journey_id": journey_id,
+                "version": version,
+                "tile": "wait-15s",
+                "contacts": contacts,
+            }
+        ]
+        * 3,
     )
     wait_until(lambda: len(smtp_sink.handler.messages) >= 100, 60, what="100 emails")
     processes.publish(
-        "tile.email", "email_tile",
-        [{"journey_id": journey_id, "version": version, "tile": "mail", "contacts": contacts}] * 2,
+        "tile.email",
+        "email_tile",
+        [
+            {
+                "journey_id": journey_id,
+                "version": version,
+                "tile": "mail",
+                "contacts": contacts,
+            }
+        ]
+        * 2,
     )
-    wait_until(lambda: processes.queue_depth("tile.email") == 0, 30, what="duplicates consumed")
+    wait_until(
+        lambda: processes.queue_depth("tile.email") == 0, 30, what="duplicates consumed"
+    )
     time.sleep(2)
 
-    assert Counter(recipients(smtp_sink)) == {f"c{n}@example.com": 1 for n in range(1, 101)}
+    assert Counter(recipients(smtp_sink)) == {
+        f"c{n}@example.com": 1 for n in range(1, 101)
+    }
     assert step_counts(db, "mail") == {"sent": 100}
     assert step_counts(db, "wait-15s") == {"completed": 100}
 
 
 @pytest.mark.slow
-def test_hard_bounce_during_wait_leaves_once(db, processes, smtp_sink, virtual_time, tmp_path):
+def test_hard_bounce_during_wait_leaves_once(
+    db, processes, smtp_sink, virtual_time, tmp_path
+):
     """A bounce reported on the events queue while c1 waits: no second email,
     c1 leaves once with the reason 'bounced', c2 goes on."""
     start = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
@@ -327,31 +470,59 @@ def test_hard_bounce_during_wait_leaves_once(db, processes, smtp_sink, virtual_t
         {"id": "email-2", "type": "email", "email": "second"},
     ]
     path = write_definitions(
-        tmp_path, start="2027-06-01 09:00", end="2027-07-01 09:00", emails=EMAILS, tiles=tiles
+        tmp_path,
+        start="2027-06-01 09:00",
+        end="2027-07-01 09:00",
+        emails=EMAILS,
+        tiles=tiles,
     )
     _go_live(db, path, virtual_time.now())
     processes.start_workers(processes=1, threads=4)
     processes.start_coordinator()
-    wait_until(lambda: len(smtp_sink.handler.messages) == 2, 30, what="two first emails")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 2, 30, what="two first emails"
+    )
 
     message_id = db.execute(
         "SELECT message_id FROM sends WHERE address = 'c1@example.com'"
     ).fetchone()[0]
-    event = {"kind": "bounce", "message_id": message_id, "hard": True, "at": virtual_time.now().isoformat()}
+    event = {
+        "kind": "bounce",
+        "message_id": message_id,
+        "hard": True,
+        "at": virtual_time.now().isoformat(),
+    }
     processes.publish("events.interactions", "interaction_event", [event, event])
     wait_until(
-        lambda: db.execute("SELECT bounced_at IS NOT NULL FROM contacts WHERE contact_id = 'c1'").fetchone() == (True,),
-        30, what="the bounce recorded",
+        lambda: (
+            db.execute(
+                "SELECT bounced_at IS NOT NULL FROM contacts WHERE contact_id = 'c1'"
+            ).fetchone()
+            == (True,)
+        ),
+        30,
+        what="the bounce recorded",
     )
     virtual_time.set(start + timedelta(days=1, seconds=1))
-    wait_until(lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (0,) and _settled(db), 30, what="the wait")
+    wait_until(
+        lambda: (
+            db.execute("SELECT count(*) FROM timers").fetchone() == (0,)
+            and _settled(db)
+        ),
+        30,
+        what="the wait",
+    )
     time.sleep(1)
 
     assert Counter(recipients(smtp_sink)) == {"c1@example.com": 1, "c2@example.com": 2}
-    reasons = dict(db.execute(
-        "SELECT c.contact_id, e.reason FROM entries e JOIN contacts c ON c.id = e.contact"
-    ).fetchall())
+    reasons = dict(
+        db.execute(
+            "SELECT c.contact_id, e.reason FROM entries e JOIN contacts c ON c.id = e.contact"
+        ).fetchall()
+    )
     assert reasons == {"c1": "bounced", "c2": None}
-    assert db.execute("SELECT count(*) FROM interactions WHERE kind = 'bounced'").fetchone() == (1,)
+    assert db.execute(
+        "SELECT count(*) FROM interactions WHERE kind = 'bounced'"
+    ).fetchone() == (1,)
     for queue in ("tile.email", "tile.wait", "tile.email.DQ", "events.interactions"):
         assert processes.queue_depth(queue) == 0, queue

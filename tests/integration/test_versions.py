@@ -39,31 +39,51 @@ def _tiles(last_email: str) -> list[dict]:
 def _cli(processes, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
-        env=processes.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=processes.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def _definitions(tmp_path, **changes):
-    settings = {"start": "2027-06-01 09:00", "end": "2027-07-01 09:00", "emails": EMAILS}
+    settings = {
+        "start": "2027-06-01 09:00",
+        "end": "2027-07-01 09:00",
+        "emails": EMAILS,
+    }
     settings.update(changes)
     return write_definitions(tmp_path, **settings)
 
 
 @pytest.mark.slow
-def test_contacts_keep_the_version_they_entered(db, processes, smtp_sink, virtual_time, tmp_path):
+def test_contacts_keep_the_version_they_entered(
+    db, processes, smtp_sink, virtual_time, tmp_path
+):
     virtual_time.set(START)
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3)))
-    assert not go_live_paths(db, [_definitions(tmp_path, tiles=_tiles("second"))], virtual_time.now()).errors
+    assert not go_live_paths(
+        db, [_definitions(tmp_path, tiles=_tiles("second"))], virtual_time.now()
+    ).errors
     processes.start_workers(processes=1, threads=4)
     processes.start_coordinator()
-    wait_until(lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (3,), 30, what="3 waiting")
+    wait_until(
+        lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (3,),
+        30,
+        what="3 waiting",
+    )
 
     v2 = _definitions(tmp_path / "v2", tiles=_tiles("third"))
     outcome = go_live_paths(db, [v2], virtual_time.now())
     assert not outcome.errors, [str(p) for p in outcome.errors]
     assert outcome.journeys[0].version == 2
     import_contacts(db, write_contacts(tmp_path / "late.csv", simple_contacts(4)[3:]))
-    wait_until(lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (4,), 30, what="4 waiting")
+    wait_until(
+        lambda: db.execute("SELECT count(*) FROM timers").fetchone() == (4,),
+        30,
+        what="4 waiting",
+    )
 
     virtual_time.set(START + timedelta(days=1, minutes=1))
     wait_until(lambda: len(smtp_sink.handler.messages) == 8, 60, what="eight emails")
@@ -77,18 +97,26 @@ def test_contacts_keep_the_version_they_entered(db, processes, smtp_sink, virtua
 
 
 def test_locked_fields_cannot_change(db, tmp_path):
-    assert not go_live_paths(db, [_definitions(tmp_path, tiles=_tiles("second"))], START).errors
-    changed = _definitions(tmp_path / "changed", tiles=_tiles("second"), timezone="Europe/Berlin")
+    assert not go_live_paths(
+        db, [_definitions(tmp_path, tiles=_tiles("second"))], START
+    ).errors
+    changed = _definitions(
+        tmp_path / "changed", tiles=_tiles("second"), timezone="Europe/Berlin"
+    )
     messages = [str(p) for p in go_live_paths(db, [changed], START).errors]
     assert any("timezone cannot change on a published journey" in m for m in messages)
     assert db.execute("SELECT count(*) FROM journey_versions").fetchone() == (1,)
 
 
-def test_stop_then_extend_resumes_processing(db, processes, smtp_sink, virtual_time, tmp_path):
+def test_stop_then_extend_resumes_processing(
+    db, processes, smtp_sink, virtual_time, tmp_path
+):
     virtual_time.set(START)
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(2)))
     tiles = [{"id": "email-1", "type": "email", "email": "first"}]
-    assert not go_live_paths(db, [_definitions(tmp_path, tiles=tiles)], virtual_time.now()).errors
+    assert not go_live_paths(
+        db, [_definitions(tmp_path, tiles=tiles)], virtual_time.now()
+    ).errors
     processes.start_workers(processes=1, threads=2)
     processes.start_coordinator()
     wait_until(lambda: len(smtp_sink.handler.messages) == 2, 30, what="two emails")
@@ -102,7 +130,11 @@ def test_stop_then_extend_resumes_processing(db, processes, smtp_sink, virtual_t
     later = _definitions(tmp_path / "later", tiles=tiles, end="2027-07-15 09:00")
     outcome = go_live_paths(db, [later], virtual_time.now())
     assert not outcome.errors, [str(p) for p in outcome.errors]
-    wait_until(lambda: len(smtp_sink.handler.messages) == 3, 30, what="the third email after resuming")
+    wait_until(
+        lambda: len(smtp_sink.handler.messages) == 3,
+        30,
+        what="the third email after resuming",
+    )
     assert db.execute("SELECT status FROM journeys").fetchone() == ("live",)
 
 
@@ -111,5 +143,9 @@ def test_extension_refused_past_thirty_days(db, tmp_path):
     assert not go_live_paths(db, [_definitions(tmp_path, tiles=tiles)], START).errors
     db.execute("UPDATE journeys SET status = 'completed'")
     later = _definitions(tmp_path / "later", tiles=tiles, end="2027-09-01 09:00")
-    messages = [str(p) for p in go_live_paths(db, [later], START + timedelta(days=61)).errors]
-    assert any("more than 30 days ago, so it can no longer be extended" in m for m in messages)
+    messages = [
+        str(p) for p in go_live_paths(db, [later], START + timedelta(days=61)).errors
+    ]
+    assert any(
+        "more than 30 days ago, so it can no longer be extended" in m for m in messages
+    )

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from services.events.models import ContactUpsert, InteractionEvent, SegmentMembershipChange
+from services.events.models import (
+    ContactUpsert,
+    InteractionEvent,
+    SegmentMembershipChange,
+)
 from shared.definitions import document_adapter
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"

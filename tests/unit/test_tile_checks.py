@@ -38,7 +38,9 @@ def split(branches: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 
 def test_split_percentages_must_add_to_100(tmp_path: Path) -> None:
-    found = problems_of(tmp_path, [split([{"name": "a", "percent": 50}, {"name": "b", "percent": 40}])])
+    found = problems_of(
+        tmp_path, [split([{"name": "a", "percent": 50}, {"name": "b", "percent": 40}])]
+    )
     assert len(found) == 1
     assert "tile 'ab'" in found[0]
     assert "add up to 90, not 100" in found[0]
@@ -56,7 +58,10 @@ def test_split_cannot_mix_percent_and_count(tmp_path: Path) -> None:
 
 
 def test_valid_split_accepted(tmp_path: Path) -> None:
-    branches = [{"name": "a", "percent": 50, "tiles": [email("ea")]}, {"name": "b", "percent": 50}]
+    branches = [
+        {"name": "a", "percent": 50, "tiles": [email("ea")]},
+        {"name": "b", "percent": 50},
+    ]
     assert problems_of(tmp_path, [split(branches)]) == []
 
 
@@ -75,7 +80,12 @@ def test_condition_on_later_email_rejected(tmp_path: Path) -> None:
 
 
 def test_condition_on_email_in_other_branch_rejected(tmp_path: Path) -> None:
-    inner = {"id": "c2", "type": "condition", "if": {"email": "y1", "event": "clicked"}, "within": "1d"}
+    inner = {
+        "id": "c2",
+        "type": "condition",
+        "if": {"email": "y1", "event": "clicked"},
+        "within": "1d",
+    }
     outer = {
         "id": "c1",
         "type": "condition",
@@ -100,13 +110,22 @@ def test_condition_on_earlier_email_accepted(tmp_path: Path) -> None:
 
 
 def test_interaction_condition_needs_within(tmp_path: Path) -> None:
-    condition = {"id": "c", "type": "condition", "if": {"email": "first", "event": "opened"}}
+    condition = {
+        "id": "c",
+        "type": "condition",
+        "if": {"email": "first", "event": "opened"},
+    }
     found = problems_of(tmp_path, [email("first"), condition])
     assert any("needs 'within'" in problem for problem in found)
 
 
 def test_data_condition_rejects_within(tmp_path: Path) -> None:
-    condition = {"id": "c", "type": "condition", "if": {"field": "x", "op": "exists"}, "within": "1d"}
+    condition = {
+        "id": "c",
+        "type": "condition",
+        "if": {"field": "x", "op": "exists"},
+        "within": "1d",
+    }
     found = problems_of(tmp_path, [condition])
     assert any("'within' only applies" in problem for problem in found)
 
@@ -130,7 +149,9 @@ def test_wait_with_bad_duration_rejected(tmp_path: Path) -> None:
 
 
 def test_wait_until_after_end_rejected(tmp_path: Path) -> None:
-    found = problems_of(tmp_path, [{"id": "w", "type": "wait", "until": "2027-07-01 09:00"}])
+    found = problems_of(
+        tmp_path, [{"id": "w", "type": "wait", "until": "2027-07-01 09:00"}]
+    )
     assert any("at or after the journey's end" in problem for problem in found)
 
 
@@ -141,7 +162,9 @@ def test_wait_until_in_spring_gap_rejected(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({**body, "tiles": tiles}), encoding="utf-8")
     documents, _ = load_documents([path])
     found = [str(problem) for problem in check(documents)]
-    assert any("tile 'w'" in problem and "does not exist" in problem for problem in found)
+    assert any(
+        "tile 'w'" in problem and "does not exist" in problem for problem in found
+    )
 
 
 def test_yes_and_no_stay_branch_names(tmp_path: Path) -> None:
