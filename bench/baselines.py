@@ -96,10 +96,8 @@ def _consume(url: str, queue: str, count: int, done: threading.Event) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=16)
-    received = 0
-    for method, _, _ in channel.consume(queue):
+    for received, (method, _, _) in enumerate(channel.consume(queue), start=1):
         channel.basic_ack(method.delivery_tag)
-        received += 1
         if received >= count:
             break
     channel.cancel()

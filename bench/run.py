@@ -67,7 +67,8 @@ def main() -> None:
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
         engine = measure_engine(work, args.contacts, args.processes, args.threads)
         print(
-            f"S: {args.contacts} pre-rendered emails over {connections} connections ...",
+            f"S: {args.contacts} pre-rendered emails "
+            f"over {connections} connections ...",
             flush=True,
         )
         smtp = smtp_ceiling(work, args.contacts, connections, start_sink)
@@ -159,7 +160,7 @@ def _run_engine(folder, url, group, out, count, workers, threads) -> dict[str, A
         )
         elapsed = time.monotonic() - started
         cpu = sum(
-            _cpu_seconds(pid) for pid in tree_pids(worker.pid) + [coordinator.pid]
+            _cpu_seconds(pid) for pid in [*tree_pids(worker.pid), coordinator.pid]
         )
         memory = {"coordinator": round(rss_peak_mb(coordinator.pid), 1)}
         for index, pid in enumerate(tree_pids(worker.pid)):
@@ -179,7 +180,8 @@ def _run_engine(folder, url, group, out, count, workers, threads) -> dict[str, A
 
 _LATENCY = """
 SELECT extract(epoch FROM s.finished_at - a.entered_at) FROM sends s
-JOIN steps a ON a.journey_id = s.journey_id AND a.tile = 'audience' AND a.contact = s.contact
+JOIN steps a ON a.journey_id = s.journey_id AND a.tile = 'audience'
+    AND a.contact = s.contact
 WHERE s.state = 'accepted'
 """
 
@@ -223,7 +225,10 @@ def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-
         else None,
         "cpu_seconds_per_1000": round(engine["cpu_seconds"] / count * 1000, 2),
         "peak_rss_mb": engine["memory"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}"
+        ),
     }
 
 

@@ -117,7 +117,8 @@ def measure(
         "send lag (due time to the email accepted by the SMTP server)", sent, last_due
     )
     print(
-        f"all {count} sent {elapsed:.1f} s after waking: {count / elapsed:.0f} contacts/s"
+        f"all {count} sent {elapsed:.1f} s after waking: "
+        f"{count / elapsed:.0f} contacts/s"
     )
 
 

@@ -105,7 +105,8 @@ def _duplicate_names(
             yield Problem(
                 document.where,
                 document.label,
-                f"is defined twice, also at {seen[key]}; give each {key[0]} its own name",
+                f"is defined twice, also at {seen[key]}; "
+                f"give each {key[0]} its own name",
             )
         else:
             seen[key] = document.where
@@ -130,7 +131,8 @@ def _check_content_settings(
         yield Problem(
             document.where,
             document.label,
-            f"unsubscribe_mailto {settings.unsubscribe_mailto!r} is not a valid address",
+            f"unsubscribe_mailto {settings.unsubscribe_mailto!r} "
+            "is not a valid address",
         )
 
 
@@ -147,7 +149,8 @@ def _check_email(
             yield Problem(
                 document.where,
                 document.label,
-                f"from {email.from_!r} is invalid; write 'Display Name <name@example.com>'",
+                f"from {email.from_!r} is invalid; "
+                "write 'Display Name <name@example.com>'",
             )
 
 

@@ -32,12 +32,16 @@ class Settings(BaseSettings):
     )
     smtp_url: str = Field(
         default="smtp://127.0.0.1:1025",
-        description="smtp://[user:password@]host:port[?starttls=true]; smtps:// for TLS",
+        description=(
+            "smtp://[user:password@]host:port[?starttls=true]; smtps:// for TLS"
+        ),
     )
     secret_key: SecretStr = SecretStr("change-me-in-production")
     tracking_url: str = Field(
         default="http://127.0.0.1:8088",
-        description="public base URL of the tracking service, used in open and click links",
+        description=(
+            "public base URL of the tracking service, used in open and click links"
+        ),
     )
     tracking_host: str = "127.0.0.1"
     tracking_port: int = 8088

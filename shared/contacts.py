@@ -69,8 +69,7 @@ def import_contacts(
     address for rows without one."""
     report = ImportReport()
     try:
-        # utf-8-sig drops the byte order mark that spreadsheet programs write.
-        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        handle = _open_contacts(path)
     except OSError as error:
         raise ContactImportError(
             f"cannot open contacts file {path}: {error}"
@@ -93,6 +92,11 @@ def import_contacts(
     return report
 
 
+def _open_contacts(path: str | Path) -> IO[str]:
+    # utf-8-sig drops the byte order mark that spreadsheet programs write.
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
 def _read_header(reader: Iterator[list[str]], path: str | Path) -> list[str]:
     try:
         header = [name.strip() for name in next(reader)]
@@ -102,7 +106,8 @@ def _read_header(reader: Iterator[list[str]], path: str | Path) -> list[str]:
         ) from None
     if "email" not in header:
         raise ContactImportError(
-            f"{path}: the header row has no 'email' column; found {', '.join(header) or 'nothing'}"
+            f"{path}: the header row has no 'email' column; "
+            f"found {', '.join(header) or 'nothing'}"
         )
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates or any(not name for name in header):
@@ -222,8 +227,10 @@ def _row_problem(values: list[str], header: list[str]) -> str | None:
 
 
 _UPSERT = """
-INSERT INTO contacts AS c (key, contact_id, email, firstname, lastname, unsubscribed, fields)
-SELECT key, contact_id, email, firstname, lastname, unsubscribed, fields FROM contact_import
+INSERT INTO contacts AS c
+    (key, contact_id, email, firstname, lastname, unsubscribed, fields)
+SELECT key, contact_id, email, firstname, lastname, unsubscribed, fields
+    FROM contact_import
 ON CONFLICT (key) DO UPDATE SET
     contact_id = EXCLUDED.contact_id,
     email = EXCLUDED.email,

@@ -67,7 +67,8 @@ def _definitions(
     conn: psycopg.Connection, journey_id: int
 ) -> tuple[str, list[Journey]]:
     rows = conn.execute(
-        "SELECT j.name, v.definition FROM journeys j JOIN journey_versions v ON v.journey_id = j.id"
+        "SELECT j.name, v.definition FROM journeys j"
+        " JOIN journey_versions v ON v.journey_id = j.id"
         " WHERE j.id = %s ORDER BY v.version",
         (journey_id,),
     ).fetchall()
@@ -136,7 +137,8 @@ def _branch_counts(
         "branches": {name: int(rows.get(name, 0)) for name in names},
         "waiting": int(
             conn.execute(
-                "SELECT count(*) FROM steps WHERE journey_id = %s AND tile = %s AND state = 'in_progress'",
+                "SELECT count(*) FROM steps"
+                " WHERE journey_id = %s AND tile = %s AND state = 'in_progress'",
                 (journey_id, tile.id),
             ).fetchone()[0]  # type: ignore[index]
         ),
@@ -146,8 +148,8 @@ def _branch_counts(
 
 def _contacts(conn: psycopg.Connection, journey_id: int) -> dict[str, Any]:
     rows = conn.execute(
-        "SELECT state, coalesce(reason, ''), count(*) FROM entries WHERE journey_id = %s"
-        " GROUP BY state, reason",
+        "SELECT state, coalesce(reason, ''), count(*) FROM entries"
+        " WHERE journey_id = %s GROUP BY state, reason",
         (journey_id,),
     ).fetchall()
     finished = sum(count for state, _, count in rows if state == "completed")

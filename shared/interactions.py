@@ -40,7 +40,8 @@ def find_send_by_message_id(
     if not wanted.startswith("<"):
         wanted = f"<{wanted}>"
     row = conn.execute(
-        "SELECT id, journey_id, tile, contact, links, state FROM sends WHERE message_id = %s",
+        "SELECT id, journey_id, tile, contact, links, state FROM sends"
+        " WHERE message_id = %s",
         (wanted,),
     ).fetchone()
     return SendRef(*row) if row else None
@@ -59,7 +60,8 @@ def record_interaction(
     """Store one interaction in the caller's transaction, and apply what it
     means for the contact: an unsubscribe or a hard bounce stops all email."""
     conn.execute(
-        "INSERT INTO interactions (journey_id, tile, contact, send_id, kind, link, hard, at, source)"
+        "INSERT INTO interactions"
+        " (journey_id, tile, contact, send_id, kind, link, hard, at, source)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             send.journey_id,

@@ -137,7 +137,10 @@ def _describe_read_error(error: Exception) -> str:
         return f"not valid UTF-8 at byte {error.start}; save the file as UTF-8"
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
-        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+        return (
+            f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+            f"{error.problem}"
+        )
     return f"cannot be read: {error}"
 
 

@@ -202,7 +202,8 @@ class SmtpSender:
             connection = self._open()
         except (smtplib.SMTPException, OSError) as error:
             raise SmtpTemporaryError(
-                f"cannot connect to SMTP server {self.target.host}:{self.target.port}: {error}"
+                f"cannot connect to SMTP server {self.target.host}:{self.target.port}: "
+                f"{error}"
             ) from error
         self._local.connection = connection
         return connection

@@ -147,8 +147,8 @@ def go_live(conn: psycopg.Connection, journey: Journey) -> GoLiveResult:
         version += 1
         _insert_version(conn, journey_id, version, body)
     conn.execute(
-        "UPDATE journeys SET status = 'live', version = %s, timezone = %s, start_at = %s,"
-        " end_at = %s, ended_at = NULL WHERE id = %s",
+        "UPDATE journeys SET status = 'live', version = %s, timezone = %s,"
+        " start_at = %s, end_at = %s, ended_at = NULL WHERE id = %s",
         (version, journey.timezone, start, end, journey_id),
     )
     return GoLiveResult(
@@ -163,7 +163,8 @@ def _insert_version(
     conn: psycopg.Connection, journey_id: int, version: int, body: dict
 ) -> None:
     conn.execute(
-        "INSERT INTO journey_versions (journey_id, version, definition) VALUES (%s, %s, %s)",
+        "INSERT INTO journey_versions (journey_id, version, definition)"
+        " VALUES (%s, %s, %s)",
         (journey_id, version, json.dumps(body)),
     )
 
@@ -178,7 +179,8 @@ def journey_row(conn: psycopg.Connection, name: str) -> dict[str, Any]:
     if row is None:
         known = [r[0] for r in conn.execute("SELECT name FROM journeys ORDER BY name")]
         raise NotFound(
-            f"journey {name!r} not found; known journeys: {', '.join(known) or 'none yet'}"
+            f"journey {name!r} not found; "
+            f"known journeys: {', '.join(known) or 'none yet'}"
         )
     return dict(zip([c.name for c in cursor.description or []], row, strict=True))
 
@@ -216,7 +218,8 @@ def end_journey(
 def tile_counts(conn: psycopg.Connection, journey_id: int) -> list[dict[str, Any]]:
     """Return the per-tile counts of a journey, in path order, audience first."""
     version_rows = conn.execute(
-        "SELECT definition FROM journey_versions WHERE journey_id = %s ORDER BY version",
+        "SELECT definition FROM journey_versions"
+        " WHERE journey_id = %s ORDER BY version",
         (journey_id,),
     ).fetchall()
     tiles: dict[str, str] = {AUDIENCE_TILE: "audience"}
@@ -272,7 +275,8 @@ def version_counts(conn: psycopg.Connection, journey_id: int) -> list[dict[str, 
 
 def contacts_in_flight(conn: psycopg.Connection, journey_id: int) -> int:
     row = conn.execute(
-        "SELECT (SELECT count(*) FROM steps WHERE journey_id = %s AND state = 'in_progress')"
+        "SELECT (SELECT count(*) FROM steps"
+        " WHERE journey_id = %s AND state = 'in_progress')"
         " + (SELECT count(*) FROM outbox WHERE journey_id = %s)",
         (journey_id, journey_id),
     ).fetchone()

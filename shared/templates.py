@@ -150,7 +150,8 @@ def _check_tree(
         if attribute.startswith("_"):
             yield TemplateProblem(
                 part,
-                f"'{root}.{attribute}' is not allowed: templates cannot reach Python internals",
+                f"'{root}.{attribute}' is not allowed: "
+                "templates cannot reach Python internals",
             )
         elif root == "content" and attribute not in CONTENT_FIELDS:
             hint = _did_you_mean(attribute, CONTENT_FIELDS)
@@ -159,16 +160,20 @@ def _check_tree(
                 f"unknown content field {attribute!r}{hint}; content fields are "
                 + ", ".join(CONTENT_FIELDS),
             )
-        elif root == "contact" and known_fields is not None and not guarded:
-            if attribute not in known_fields:
-                hint = _did_you_mean(attribute, sorted(known_fields))
-                yield TemplateProblem(
-                    part,
-                    f"unknown contact field {attribute!r}{hint}; import contacts with "
-                    "that column, or write {{ contact."
-                    + attribute
-                    + ' | default("...") }}',
-                )
+        elif (
+            root == "contact"
+            and known_fields is not None
+            and not guarded
+            and attribute not in known_fields
+        ):
+            hint = _did_you_mean(attribute, sorted(known_fields))
+            yield TemplateProblem(
+                part,
+                f"unknown contact field {attribute!r}{hint}; import contacts with "
+                "that column, or write {{ contact."
+                + attribute
+                + ' | default("...") }}',
+            )
 
 
 def _check_required_links(used: dict[str, set[str]]) -> Iterator[TemplateProblem]:
@@ -179,9 +184,9 @@ def _check_required_links(used: dict[str, set[str]]) -> Iterator[TemplateProblem
             if field not in used[part]:
                 yield TemplateProblem(
                     part,
-                    f"a live email must contain {{{{ content.{field} }}}} in its {part} "
-                    "part, so that every recipient can unsubscribe and see the "
-                    "sender's postal address",
+                    f"a live email must contain {{{{ content.{field} }}}} "
+                    f"in its {part} part, so that every recipient can unsubscribe "
+                    "and see the sender's postal address",
                 )
 
 

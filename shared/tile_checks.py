@@ -4,8 +4,8 @@ settings of wait, condition and split tiles."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from shared.definitions import (
@@ -55,18 +55,19 @@ def _check_paths(tiles: list[Any], earlier_emails: frozenset[str]) -> TileProble
     the contact cannot have passed."""
     emails = set(earlier_emails)
     for position, tile in enumerate(tiles):
-        if isinstance(tile, ConditionTile) and isinstance(
+        watches = isinstance(tile, ConditionTile) and isinstance(
             tile.if_, InteractionCondition
-        ):
-            if tile.if_.email not in emails:
-                yield (
-                    tile.id,
-                    (
-                        f"the condition refers to email tile {tile.if_.email!r}, which is not "
-                        "earlier on this tile's path; point it at an email tile that every "
-                        "contact reaching this condition has passed"
-                    ),
-                )
+        )
+        if watches and tile.if_.email not in emails:
+            yield (
+                tile.id,
+                (
+                    f"the condition refers to email tile {tile.if_.email!r}, "
+                    "which is not earlier on this tile's path; "
+                    "point it at an email tile that every contact "
+                    "reaching this condition has passed"
+                ),
+            )
         if isinstance(tile, EmailTile):
             emails.add(tile.id)
         for _, branch in branches_of(tile):
@@ -164,8 +165,9 @@ def _check_data_condition(
         yield (
             tile.id,
             (
-                "'within' only applies to conditions on email interactions; a condition "
-                "on contact data is decided when the contact arrives, so remove 'within'"
+                "'within' only applies to conditions on email interactions; "
+                "a condition on contact data is decided when the contact arrives, "
+                "so remove 'within'"
             ),
         )
     message = condition_problem(condition.op, condition.value)  # type: ignore[union-attr]

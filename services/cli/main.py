@@ -115,7 +115,10 @@ def publish(
     file: Annotated[
         Path,
         typer.Argument(
-            help="JSON file with one message object or a list of them; - for standard input"
+            help=(
+                "JSON file with one message object or a list of them; "
+                "- for standard input"
+            )
         ),
     ],
 ) -> None:
@@ -132,7 +135,8 @@ def publish(
         data = json.loads(text)
     except json.JSONDecodeError as error:
         errors.print(
-            f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+            f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: "
+            f"{error.msg}"
         )
         raise typer.Exit(1) from error
     items = data if isinstance(data, list) else [data]
@@ -153,9 +157,17 @@ def publish(
     console.print(f"published {len(items)} message(s) to {MESSAGES[kind][0]}")
 
 
-@app.command(name="check")
+# Help that is too long for one source line goes in help= rather than in a
+# docstring, because Typer's Rich help shows a docstring's line breaks in the
+# command list.
+@app.command(
+    name="check",
+    help=(
+        "Check for errors: report every problem at once; "
+        "exit 1 when there is any error."
+    ),
+)
 def check_command(paths: Paths, as_json: AsJson = False) -> None:
-    """Check for errors: report every problem at once; exit 1 when there is any error."""
     from shared.golive import check_paths
 
     conn = _try_connect()
@@ -187,9 +199,14 @@ def _try_connect() -> psycopg.Connection | None:
     return conn
 
 
-@app.command(name="go-live")
+@app.command(
+    name="go-live",
+    help=(
+        "Publish the definitions and put their journeys live, "
+        "if the check finds no error."
+    ),
+)
 def go_live_command(paths: Paths, as_json: AsJson = False) -> None:
-    """Publish the definitions and put their journeys live, if the check finds no error."""
     from shared.golive import go_live_paths
 
     with _connect() as conn:
@@ -236,9 +253,13 @@ def withdraw(
     )
 
 
-@app.command()
+@app.command(
+    help=(
+        "Show per tile how many contacts entered, are in progress, "
+        "completed, stopped or failed."
+    )
+)
 def status(name: str, as_json: AsJson = False) -> None:
-    """Show per tile how many contacts entered, are in progress, completed, stopped or failed."""
     from shared.store import journey_row, tile_counts, version_counts
 
     with _connect() as conn:
@@ -253,9 +274,13 @@ def status(name: str, as_json: AsJson = False) -> None:
         print_status(console, payload)
 
 
-@app.command()
+@app.command(
+    help=(
+        "Show email results with rates, branch counts "
+        "and how contacts left the journey."
+    )
+)
 def insights(name: str, as_json: AsJson = False) -> None:
-    """Show email results with rates, branch counts and how contacts left the journey."""
     from services.cli.output import print_insights
     from shared.insights import journey_insights
     from shared.store import journey_row
@@ -282,7 +307,8 @@ def migrate() -> None:
     """Apply the database schema migrations that are not applied yet."""
     applied = apply_migrations(get_settings().database_url)
     console.print(
-        f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema is up to date'}"
+        f"applied {len(applied)} migration(s): "
+        f"{', '.join(applied) or 'schema is up to date'}"
     )
 
 
@@ -320,9 +346,13 @@ def worker(ctx: typer.Context) -> None:
     os.execv(sys.executable, command)
 
 
-@app.command()
+@app.command(
+    help=(
+        "Run the coordinator: journey windows, segment feeding, "
+        "outbox recovery, /metrics."
+    )
+)
 def coordinator() -> None:
-    """Run the coordinator: journey windows, segment feeding, outbox recovery, /metrics."""
     from prometheus_client import REGISTRY, start_http_server
 
     from services.coordinator.loop import run_forever
@@ -355,7 +385,10 @@ def simulate(
         str | None,
         typer.Option(
             "--until",
-            help="Virtual end, ISO 8601 with offset; when nothing is left to happen by default.",
+            help=(
+                "Virtual end, ISO 8601 with offset; "
+                "when nothing is left to happen by default."
+            ),
         ),
     ] = None,
     interactions: Annotated[

@@ -54,7 +54,8 @@ def print_outcome(
     warnings = len(outcome.problems) - len(outcome.errors)
     if not checked_database:
         console.print(
-            "no journeys database reached: references were checked against these files only"
+            "no journeys database reached: "
+            "references were checked against these files only"
         )
     console.print(f"{len(outcome.errors)} error(s), {warnings} warning(s)")
 
@@ -94,8 +95,9 @@ def print_status(console: Console, payload: dict[str, Any]) -> None:
     console.print(table)
     for item in payload.get("versions", []):
         console.print(
-            f"version {item['version']}: {item['entered']} entered, {item['in_progress']} "
-            f"in progress, {item['completed']} completed, {item['left']} left early"
+            f"version {item['version']}: {item['entered']} entered, "
+            f"{item['in_progress']} in progress, {item['completed']} completed, "
+            f"{item['left']} left early"
         )
 
 
@@ -186,8 +188,8 @@ def print_insights(console: Console, payload: dict[str, Any]) -> None:
         f"{reason}: {count}" for reason, count in sorted(contacts["left_early"].items())
     )
     console.print(
-        f"contacts: {contacts['finished']} finished, {contacts['in_progress']} in progress, "
-        f"left early: {left or 'none'}"
+        f"contacts: {contacts['finished']} finished, "
+        f"{contacts['in_progress']} in progress, left early: {left or 'none'}"
     )
 
 

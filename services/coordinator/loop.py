@@ -115,7 +115,8 @@ def _end_due_journeys(conn: psycopg.Connection, now: datetime) -> int:
 
 def _journeys_in_window(conn: psycopg.Connection, now: datetime) -> list[int]:
     rows = conn.execute(
-        "SELECT id FROM journeys WHERE status = 'live' AND start_at <= %s AND end_at > %s ORDER BY id",
+        "SELECT id FROM journeys"
+        " WHERE status = 'live' AND start_at <= %s AND end_at > %s ORDER BY id",
         (now, now),
     ).fetchall()
     return [row[0] for row in rows]
@@ -154,8 +155,10 @@ def _feed_page(
     conn: psycopg.Connection, journey_id: int, now: datetime, settings: Settings
 ) -> tuple[int, list[tuple], bool] | None:
     journey = conn.execute(
-        "SELECT j.version, j.feed_after_at, j.feed_after_id, v.definition -> 'audience' ->> 'segment'"
-        " FROM journeys j JOIN journey_versions v ON v.journey_id = j.id AND v.version = j.version"
+        "SELECT j.version, j.feed_after_at, j.feed_after_id,"
+        " v.definition -> 'audience' ->> 'segment'"
+        " FROM journeys j JOIN journey_versions v"
+        " ON v.journey_id = j.id AND v.version = j.version"
         " WHERE j.id = %s AND j.status = 'live' FOR UPDATE OF j SKIP LOCKED",
         (journey_id,),
     ).fetchone()
@@ -175,7 +178,8 @@ def _feed_page(
         sql.SQL(
             "SELECT c.id, c.updated_at FROM contacts c"
             " WHERE (c.updated_at, c.id) > ({at}, {id}) AND {member}"
-            " AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.journey_id = {journey} AND e.contact = c.id)"
+            " AND NOT EXISTS (SELECT 1 FROM entries e"
+            " WHERE e.journey_id = {journey} AND e.contact = c.id)"
             " ORDER BY c.updated_at, c.id LIMIT {limit}"
         ).format(
             at=sql.Literal(after_at),
@@ -192,7 +196,8 @@ def _feed_page(
     contacts = [row[0] for row in members]
     conn.execute(
         "INSERT INTO entries (journey_id, contact, version, entered_at)"
-        " SELECT %s, contact, %s, %s FROM unnest(%s::bigint[]) AS contact ON CONFLICT DO NOTHING",
+        " SELECT %s, contact, %s, %s FROM unnest(%s::bigint[]) AS contact"
+        " ON CONFLICT DO NOTHING",
         (journey_id, version, now, contacts),
     )
     outbox = enqueue_step(conn, journey_id, version, AUDIENCE_TILE, contacts, now)
@@ -208,7 +213,8 @@ def _feed_page(
 
 def _load_segment(conn: psycopg.Connection, name: str) -> Segment | None:
     row = conn.execute(
-        "SELECT body FROM definitions WHERE kind = 'segment' AND name = %s AND status = 'live'",
+        "SELECT body FROM definitions"
+        " WHERE kind = 'segment' AND name = %s AND status = 'live'",
         (name,),
     ).fetchone()
     return Segment.model_validate(row[0]) if row else None

@@ -64,7 +64,8 @@ class JourneyCollector(Collector):
         )
 
     def _insights(self) -> Iterator:
-        """Interactions and branch counts, the same numbers `journeys insights` shows."""
+        """Interactions and branch counts, the same numbers `journeys insights`
+        shows."""
         from shared.insights import journey_insights
 
         interactions = CounterMetricFamily(

@@ -21,7 +21,8 @@ SELECT t.journey_id, t.version, t.tile, t.contact FROM timers t
 JOIN journeys j ON j.id = t.journey_id AND j.status = 'live'
 WHERE t.kind = 'condition' AND EXISTS (
     SELECT 1 FROM interactions i
-    WHERE i.journey_id = t.journey_id AND i.contact = t.contact AND i.tile = t.watch_tile
+    WHERE i.journey_id = t.journey_id AND i.contact = t.contact
+      AND i.tile = t.watch_tile
       AND i.kind = ANY(CASE t.watch_event WHEN 'opened' THEN %(opened)s::text[]
                                          WHEN 'clicked' THEN %(clicked)s::text[]
                                          ELSE %(unsubscribed)s::text[] END)
@@ -77,7 +78,8 @@ def _move_on(
     outbox: list[tuple] = []
     for (journey_id, version, tile, branch), contacts in groups.items():
         conn.execute(
-            "DELETE FROM timers WHERE journey_id = %s AND tile = %s AND contact = ANY(%s)",
+            "DELETE FROM timers"
+            " WHERE journey_id = %s AND tile = %s AND contact = ANY(%s)",
             (journey_id, tile, contacts),
         )
         claimed = [

@@ -149,7 +149,8 @@ def _print_results(
 
     for journey_id in journey_ids:
         row = conn.execute(
-            "SELECT id, name, status, version, timezone, start_at, end_at FROM journeys WHERE id = %s",
+            "SELECT id, name, status, version, timezone, start_at, end_at"
+            " FROM journeys WHERE id = %s",
             (journey_id,),
         ).fetchone()
         if row is None:
@@ -164,7 +165,9 @@ def _print_results(
         now = clock.now()
         if now < journey["start_at"]:
             console.print(
-                f"journey {journey['name']!r} starts at {journey['start_at']:%Y-%m-%d %H:%M}Z; nothing is processed before then"
+                f"journey {journey['name']!r} starts at "
+                f"{journey['start_at']:%Y-%m-%d %H:%M}Z; "
+                "nothing is processed before then"
             )
         print_status(
             console, status_payload(journey, tile_counts(conn, journey_id), now)
@@ -176,5 +179,6 @@ def _print_results(
         if waiting and waiting[0]:
             console.print(
                 f"{waiting[0]} contacts wait in journey {journey['name']!r}, the first "
-                f"until {waiting[1]:%Y-%m-%d %H:%M}Z; run again after that to move them on"
+                f"until {waiting[1]:%Y-%m-%d %H:%M}Z; "
+                "run again after that to move them on"
             )

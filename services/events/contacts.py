@@ -55,7 +55,8 @@ def change_membership(change: SegmentMembershipChange) -> int:
     )
     with get_pool().connection() as conn, conn.transaction():
         source = conn.execute(
-            "SELECT body ->> 'source' FROM definitions WHERE kind = 'segment' AND name = %s",
+            "SELECT body ->> 'source' FROM definitions"
+            " WHERE kind = 'segment' AND name = %s",
             (change.segment,),
         ).fetchone()
         if source is None or source[0] != "queue":
@@ -65,7 +66,8 @@ def change_membership(change: SegmentMembershipChange) -> int:
             )
         if change.action == "remove":
             return conn.execute(
-                "DELETE FROM segment_members WHERE segment = %s AND identifier = ANY(%s)",
+                "DELETE FROM segment_members"
+                " WHERE segment = %s AND identifier = ANY(%s)",
                 (change.segment, identifiers),
             ).rowcount
         added = conn.execute(

@@ -39,8 +39,9 @@ def accept(
     try:
         if len(args) != 1 or kwargs:
             raise BrokenMessage(
-                f"invalid {queue} message: expected args to be a list of one object and "
-                f"kwargs to be empty, got {len(args)} args and kwargs {sorted(kwargs)}"
+                f"invalid {queue} message: expected args to be a list of one "
+                f"object and kwargs to be empty, got {len(args)} args and "
+                f"kwargs {sorted(kwargs)}"
             )
         try:
             return model.model_validate(args[0])

@@ -107,7 +107,8 @@ def _run(
             report = import_contacts(conn, contacts_file)
             for bad in report.bad_rows:
                 console.print(
-                    f"[yellow]{contacts_file}:{bad.line}: skipped: {bad.reason}[/yellow]"
+                    f"[yellow]{contacts_file}:{bad.line}: "
+                    f"skipped: {bad.reason}[/yellow]"
                 )
             outcome = go_live_paths(conn, paths, virtual.now())
             if outcome.errors:
@@ -203,7 +204,8 @@ def _settle(
         busy = conn.execute(
             "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM steps s"
             " WHERE s.state = 'in_progress' AND NOT EXISTS (SELECT 1 FROM timers t"
-            " WHERE t.journey_id = s.journey_id AND t.tile = s.tile AND t.contact = s.contact))"
+            " WHERE t.journey_id = s.journey_id AND t.tile = s.tile"
+            " AND t.contact = s.contact))"
         ).fetchone()
         if (
             report.feeding_done

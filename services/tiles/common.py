@@ -73,7 +73,8 @@ def stop_contacts(
     """Mark the contacts' steps at this tile stopped; return those it changed."""
     rows = conn.execute(
         "UPDATE steps SET state = 'stopped', reason = %s, done_at = %s"
-        " WHERE journey_id = %s AND tile = %s AND contact = ANY(%s) AND state = 'in_progress'"
+        " WHERE journey_id = %s AND tile = %s AND contact = ANY(%s)"
+        " AND state = 'in_progress'"
         " RETURNING contact",
         (reason, now, journey_id, tile, list(contacts)),
     ).fetchall()

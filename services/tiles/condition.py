@@ -102,7 +102,8 @@ def _take_branches(
         if not chosen:
             continue
         conn.execute(
-            "UPDATE steps SET outcome = %s WHERE journey_id = %s AND tile = %s AND contact = ANY(%s)",
+            "UPDATE steps SET outcome = %s"
+            " WHERE journey_id = %s AND tile = %s AND contact = ANY(%s)",
             (branch, plan.journey_id, tile, chosen),
         )
         outbox += hand_on(conn, plan, tile, chosen, now, branch=branch)

@@ -132,7 +132,8 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
     if batch.results[Result.DEFERRED]:
         raise SmtpTemporaryError(
             f"journey {plan.name!r} tile {message.tile!r}: "
-            f"{batch.results[Result.DEFERRED]} contact(s) deferred, attempt {retries + 1}"
+            f"{batch.results[Result.DEFERRED]} contact(s) deferred, "
+            f"attempt {retries + 1}"
         )
     return batch.results
 
@@ -147,7 +148,8 @@ def _sort_contacts(
     with conn.transaction():
         rows = conn.execute(
             "SELECT s.contact, se.id, se.state FROM steps s LEFT JOIN sends se"
-            " ON se.journey_id = s.journey_id AND se.tile = s.tile AND se.contact = s.contact"
+            " ON se.journey_id = s.journey_id AND se.tile = s.tile"
+            " AND se.contact = s.contact"
             " WHERE s.journey_id = %s AND s.tile = %s AND s.contact = ANY(%s)"
             " AND s.state = 'in_progress' ORDER BY s.contact FOR UPDATE OF s",
             (plan.journey_id, tile, message.contacts),
@@ -265,7 +267,8 @@ def _new_send_ids(conn: psycopg.Connection, count: int) -> list[int]:
     if not count:
         return []
     rows = conn.execute(
-        "SELECT nextval(pg_get_serial_sequence('sends', 'id')) FROM generate_series(1, %s)",
+        "SELECT nextval(pg_get_serial_sequence('sends', 'id'))"
+        " FROM generate_series(1, %s)",
         (count,),
     ).fetchall()
     return [row[0] for row in rows]
@@ -390,7 +393,8 @@ def _unmarked(
     try:
         with conn.transaction():
             mine = conn.execute(
-                "SELECT 1 FROM sends WHERE journey_id = %s AND tile = %s AND contact = %s",
+                "SELECT 1 FROM sends"
+                " WHERE journey_id = %s AND tile = %s AND contact = %s",
                 (plan.journey_id, tile, contact),
             ).fetchone()
             if mine:
@@ -461,13 +465,14 @@ def _record(
     with conn.pipeline():
         with conn.transaction():
             conn.execute(
-                "UPDATE sends SET state = %s, smtp_code = %s, smtp_reply = %s, finished_at = %s"
-                " WHERE id = %s",
+                "UPDATE sends SET state = %s, smtp_code = %s, smtp_reply = %s,"
+                " finished_at = %s WHERE id = %s",
                 (send_state, code, reply[:500], now, send_id),
             )
             if result is Result.BOUNCED:
                 conn.execute(
-                    "UPDATE contacts SET bounced_at = %s WHERE id = %s AND bounced_at IS NULL",
+                    "UPDATE contacts SET bounced_at = %s"
+                    " WHERE id = %s AND bounced_at IS NULL",
                     (now, contact),
                 )
             if result in _STEP_FOR_RESULT:

@@ -69,7 +69,8 @@ def run_wait(message: ContactMessage) -> None:
             for row in conn.execute(
                 "SELECT contact FROM steps WHERE journey_id = %s AND tile = %s"
                 " AND contact = ANY(%s) AND state = 'in_progress'"
-                " AND NOT EXISTS (SELECT 1 FROM timers t WHERE t.journey_id = steps.journey_id"
+                " AND NOT EXISTS (SELECT 1 FROM timers t"
+                " WHERE t.journey_id = steps.journey_id"
                 " AND t.tile = steps.tile AND t.contact = steps.contact)",
                 (plan.journey_id, message.tile, message.contacts),
             )
@@ -78,7 +79,8 @@ def run_wait(message: ContactMessage) -> None:
         due = due_time(tile, now, plan.definition.timezone)
         conn.execute(
             "INSERT INTO timers (journey_id, tile, contact, version, kind, due_at)"
-            " SELECT %s, %s, contact, %s, 'wait', %s FROM unnest(%s::bigint[]) AS contact"
+            " SELECT %s, %s, contact, %s, 'wait', %s"
+            " FROM unnest(%s::bigint[]) AS contact"
             " ON CONFLICT DO NOTHING",
             (plan.journey_id, message.tile, plan.version, max(due, now), staying),
         )
