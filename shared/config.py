@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(default=9191, description="worker metrics port")
     coordinator_metrics_port: int = 9192
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        description="address the workers' and the coordinator's /metrics listen on",
+    )
     metrics_dir: str = Field(
         default="/tmp/journeys-metrics",
         description="folder shared by the worker processes for prometheus-client",

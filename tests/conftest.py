@@ -101,6 +101,7 @@ def processes(
             "JOURNEYS_SMTP_URL": smtp_sink.url,
             "JOURNEYS_SECRET_KEY": os.environ["JOURNEYS_SECRET_KEY"],
             "JOURNEYS_TICK_SECONDS": "0.5",
+            "JOURNEYS_METRICS_HOST": "127.0.0.1",
             "JOURNEYS_CLOCK_OFFSET_FILE": str(tmp_path / "clock-offset"),
         },
         logs=tmp_path / "logs",

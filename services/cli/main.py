@@ -340,6 +340,7 @@ def worker(ctx: typer.Context) -> None:
     os.environ.update(
         dramatiq_prom_db=str(folder),
         dramatiq_prom_port=str(settings.metrics_port),
+        dramatiq_prom_host=settings.metrics_host,
         PROMETHEUS_MULTIPROC_DIR=str(folder),
     )
     command = [sys.executable, "-m", "dramatiq", "services.tiles.actors", *ctx.args]
@@ -363,7 +364,7 @@ def coordinator() -> None:
     settings = get_settings()
     apply_migrations(settings.database_url)
     REGISTRY.register(JourneyCollector())
-    start_http_server(settings.coordinator_metrics_port)
+    start_http_server(settings.coordinator_metrics_port, addr=settings.metrics_host)
     stop_event = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_event.set())
