@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 BASE_COLUMNS = ("contact_id", "email", "firstname", "lastname", "unsubscribed")
 MAX_VALUE_CHARS = 10_000
 BATCH_ROWS = 5_000
+MAX_COLUMN_NAME_CHARS = 100
 # The csv module refuses fields over 128 KiB by default. A larger limit lets an
 # over-long value become a bad row, reported like any other.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
@@ -109,6 +110,12 @@ def _read_header(reader: Iterator[list[str]], path: str | Path) -> list[str]:
             f"{path}: the header row has no 'email' column; "
             f"found {', '.join(header) or 'nothing'}"
         )
+    for position, name in enumerate(header, start=1):
+        problem = _header_name_problem(name)
+        if problem:
+            raise ContactImportError(
+                f"{path}: column {position} of the header row {problem}"
+            )
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates or any(not name for name in header):
         raise ContactImportError(
@@ -116,6 +123,18 @@ def _read_header(reader: Iterator[list[str]], path: str | Path) -> list[str]:
             f"{', '.join(duplicates) or '(empty)'}"
         )
     return header
+
+
+def _header_name_problem(name: str) -> str | None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return f"{name[:40]!r} contains a control character"
+    if len(name) > MAX_COLUMN_NAME_CHARS:
+        return f"is longer than {MAX_COLUMN_NAME_CHARS} characters"
+    return None
 
 
 def upsert_rows(conn: psycopg.Connection, rows: list[ContactRow]) -> ImportReport:
@@ -150,16 +169,16 @@ def _batches(
 ) -> Iterator[list[ContactRow]]:
     batch: dict[str, ContactRow] = {}
     while True:
+        # A quoted value may span lines: a record is named by its first line.
+        line = reader.line_num + 1  # type: ignore[attr-defined]
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error as error:
-            line = reader.line_num  # type: ignore[attr-defined]
             raise ContactImportError(
                 f"line {line}: {error}; rows before it were imported"
             ) from error
-        line = reader.line_num  # type: ignore[attr-defined]
         row = _parse_row(values, header, line, report)
         if row is not None:
             batch[row.key] = row  # a later row with the same key wins

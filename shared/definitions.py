@@ -51,9 +51,19 @@ class ContentSettings(Document):
         "unsubscribe@<sender domain> when absent",
     )
 
+    @field_validator("sender", "unsubscribe_mailto")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return _reject_control_characters(value)
+
     @field_validator("subscription_center_url")
     @classmethod
     def _https_only(cls, value: str) -> str:
+        if any(ord(ch) <= 32 or ch in '<>"' for ch in value):
+            raise ValueError(
+                'must not contain spaces, line breaks, control characters or <>"; '
+                "percent-encode them"
+            )
         parts = urlsplit(value)
         if parts.scheme != "https" or not parts.netloc:
             raise ValueError(
@@ -73,6 +83,18 @@ class Email(Document):
     from_: str | None = Field(
         default=None, alias="from", description="Overrides the content settings' sender"
     )
+
+    @field_validator("from_")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return _reject_control_characters(value)
+
+
+def _reject_control_characters(value: str | None) -> str | None:
+    """Header values must stay on one line: no CR, LF or other control characters."""
+    if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must be one line, without line breaks or control characters")
+    return value
 
 
 class Condition(BaseModel):
@@ -312,7 +334,10 @@ def parse_duration(text: str) -> timedelta:
             f"invalid duration {text!r}; write it like 30m, 2h, 3d or 1d12h"
         )
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
     if delta <= timedelta(0):
         raise ValueError(f"duration {text!r} must be longer than zero")
     return delta

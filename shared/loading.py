@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +55,24 @@ class LoadedDocument:
         if isinstance(self.raw, dict):
             kind = self.raw.get("kind", "document")
             name = self.raw.get("name")
-            return f"{kind} {name!r}" if name else str(kind)
+            kind_text = (
+                kind if isinstance(kind, str) and len(kind) <= 40 else short(kind)
+            )
+            return f"{kind_text} {short(name)}" if name else kind_text
         return "document"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = _SHORT.maxset = 4
+_SHORT.maxlevel = 3
+
+
+def short(value: Any) -> str:
+    """Return a repr of at most about 80 characters, even for a value that an
+    alias-laden YAML file made enormous."""
+    return _SHORT.repr(value)
 
 
 class _Loader(yaml.SafeLoader):
@@ -106,11 +123,16 @@ def load_documents(
             UnicodeDecodeError,
             yaml.YAMLError,
             json.JSONDecodeError,
+            RecursionError,
         ) as error:
             problems.append(Problem(str(path), "file", _describe_read_error(error)))
             continue
         for where, raw in raw_documents:
-            documents.append(_validate(where, raw))
+            try:
+                documents.append(_validate(where, raw))
+            except RecursionError:
+                problem = Problem(where, "document", "nested too deeply to validate")
+                documents.append(LoadedDocument(where, None, problems=[problem]))
     return documents, problems
 
 
@@ -141,6 +163,8 @@ def _describe_read_error(error: Exception) -> str:
             f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: "
             f"{error.problem}"
         )
+    if isinstance(error, RecursionError):
+        return "nested too deeply; flatten the lists and mappings"
     return f"cannot be read: {error}"
 
 
@@ -163,7 +187,7 @@ def _validate(where: str, raw: Any) -> LoadedDocument:
             Problem(
                 where,
                 document.label,
-                f"unknown kind {kind!r}; expected one of {', '.join(DOCUMENT_KINDS)}",
+                f"unknown kind {short(kind)}; expected one of {', '.join(DOCUMENT_KINDS)}",
             )
         )
         return document
@@ -234,6 +258,4 @@ def _message(item: dict, field_path: str, raw: dict, location: list[Any]) -> str
         return f"field '{field_path}' is missing"
     if kind == "extra_forbidden":
         return f"unknown field '{field_path}'; remove it or check its spelling"
-    value = item.get("input")
-    shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
-    return f"field '{field_path}' is invalid ({item['msg']}), got {shown}"
+    return f"field '{field_path}' is invalid ({item['msg']}), got {short(item.get('input'))}"

@@ -89,7 +89,8 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
     ]
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    # Every value is one line already; one_line makes sure no caller can add a header.
+    head = "".join(f"{name}: {one_line(value)}\r\n" for name, value in headers)
     parts = b"".join(
         b"--"
         + boundary.encode()

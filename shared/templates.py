@@ -31,6 +31,15 @@ _LINE_BREAKS = re.compile(r"[\r\n\v\f\x85\u2028\u2029]+")
 
 _html_env = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
 _plain_env = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+# Templates see only 'contact' and 'content': Jinja's globals (range, lipsum,
+# cycler and the like) are removed, so a template cannot print a function.
+for _environment in (_html_env, _plain_env):
+    _environment.globals.clear()
+# Filters and methods that reach around the attribute checks, and tags that
+# need a template loader, which these environments do not have.
+FORBIDDEN_FILTERS = {"attr"}
+FORBIDDEN_METHODS = {"format", "format_map"}
+FORBIDDEN_TAGS = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
 
 
 class RenderError(PermanentError):
@@ -77,6 +86,11 @@ class CompiledEmail:
         except (UndefinedError, SecurityError) as error:
             raise RenderError(
                 f"email {self.name!r} cannot be rendered: {error}"
+            ) from error
+        except Exception as error:
+            raise RenderError(
+                f"email {self.name!r} cannot be rendered: "
+                f"{type(error).__name__}: {error}"
             ) from error
         return RenderedEmail(subject=subject, html=html, text=text)
 
@@ -146,6 +160,7 @@ def _check_tree(
             part,
             f"unknown name {name!r}{hint}; templates can use 'contact' and 'content'",
         )
+    yield from _check_forbidden(part, tree)
     for root, attribute, guarded in _attributes(tree):
         if attribute.startswith("_"):
             yield TemplateProblem(
@@ -173,6 +188,29 @@ def _check_tree(
                 "that column, or write {{ contact."
                 + attribute
                 + ' | default("...") }}',
+            )
+
+
+def _check_forbidden(part: str, tree: nodes.Template) -> Iterator[TemplateProblem]:
+    for tag in tree.find_all(FORBIDDEN_TAGS):
+        name = type(tag).__name__.lower()
+        yield TemplateProblem(
+            part, f"line {tag.lineno}: the {name!r} tag is not available in emails"
+        )
+    for applied in tree.find_all(nodes.Filter):
+        if applied.name in FORBIDDEN_FILTERS:
+            yield TemplateProblem(
+                part,
+                f"line {applied.lineno}: the {applied.name!r} filter is not allowed; "
+                "write contact.FIELD instead",
+            )
+    for call in tree.find_all(nodes.Call):
+        method = call.node
+        if isinstance(method, nodes.Getattr) and method.attr in FORBIDDEN_METHODS:
+            yield TemplateProblem(
+                part,
+                f"line {call.lineno}: the {method.attr!r} method is not allowed; "
+                "use {{ ... }} expressions or the 'format' filter",
             )
 
 

@@ -43,6 +43,17 @@ def to_utc(
     inside a spring-forward gap is an error unless `nonexistent` is
     "shift_forward", which moves it to the first moment after the gap.
     """
+    try:
+        return _to_utc(local, zone, ambiguous, nonexistent)
+    except OverflowError:
+        raise LocalTimeError(
+            f"{local:%Y-%m-%d %H:%M} in {zone.key} is out of the supported range"
+        ) from None
+
+
+def _to_utc(
+    local: datetime, zone: ZoneInfo, ambiguous: str | None, nonexistent: str
+) -> datetime:
     first = local.replace(tzinfo=zone, fold=0)
     second = local.replace(tzinfo=zone, fold=1)
     if first.utcoffset() == second.utcoffset():

@@ -125,9 +125,9 @@ def publish(
     """Publish messages onto the queue that other systems use, after validating them."""
     from pydantic import ValidationError
 
-    from services.events.intake import describe
     from services.tiles import actors  # noqa: F401  (binds the actors to the broker)
     from shared.broker import configure_broker
+    from shared.intake import describe
 
     model = _message_model(kind)
     text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")

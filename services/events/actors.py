@@ -11,12 +11,12 @@ from typing import Any
 
 import dramatiq
 
-from services.events.intake import accept
 from services.events.models import INTERACTION_KINDS, InteractionEvent
 from shared.broker import configure_broker
 from shared.config import get_settings
 from shared.db import get_pool
 from shared.errors import BrokenMessage
+from shared.intake import accept
 from shared.interactions import find_send_by_message_id, record_interaction
 
 logger = logging.getLogger(__name__)

@@ -8,13 +8,13 @@ from typing import Any
 
 import dramatiq
 
-from services.events.intake import accept
 from services.events.models import ContactUpsert, SegmentMembershipChange
 from shared.broker import configure_broker
 from shared.config import get_settings
 from shared.contacts import ContactRow, contact_key, upsert_rows
 from shared.db import get_pool
 from shared.errors import BrokenMessage
+from shared.intake import accept
 
 logger = logging.getLogger(__name__)
 configure_broker()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import dramatiq
 
 from services.tiles.common import (
     ContactMessage,
+    accept_message,
+    check_tile,
     claim_steps,
     hand_on,
     journey_gate,
-    parse_message,
     publish_outbox,
     stop_contacts,
 )
-from services.tiles.plan import load_plan
+from services.tiles.plan import QUEUE_FOR_TYPE, load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings
@@ -33,6 +35,7 @@ def run_audience(message: ContactMessage) -> None:
     with get_pool().connection() as conn:
         with conn.transaction():
             plan = load_plan(conn, message.journey_id, message.version)
+            check_tile(plan, message, "audience")
             gate = journey_gate(conn, message.journey_id, now)
             if gate is not None:
                 stopped = stop_contacts(
@@ -62,5 +65,5 @@ def run_audience(message: ContactMessage) -> None:
     throws=(PermanentError,),
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def audience_tile(payload: dict) -> None:
-    run_audience(parse_message(payload))
+def audience_tile(*args: Any, **kwargs: Any) -> None:
+    run_audience(accept_message(QUEUE_FOR_TYPE["audience"], args, kwargs))

@@ -11,11 +11,13 @@ from typing import Any
 
 import dramatiq
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.tiles.plan import ACTOR_FOR_TYPE, JourneyPlan, load_plan
 from shared.config import get_settings
+from shared.definitions import AUDIENCE_TILE
 from shared.errors import BrokenMessage
+from shared.intake import accept
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +39,31 @@ class ContactMessage(BaseModel):
 
 
 def parse_message(payload: Any) -> ContactMessage:
-    try:
-        return ContactMessage.model_validate(payload)
-    except ValidationError as error:
-        raise BrokenMessage(
-            f"message is not a valid contact message: {error.errors(include_url=False)}"
-        ) from error
+    """Validate one tile message argument, raising BrokenMessage."""
+    return accept_message("tile", (payload,), {})
+
+
+def accept_message(
+    queue: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ContactMessage:
+    """Validate a tile message's one argument; a broken message is logged,
+    counted and dead-lettered by raising BrokenMessage."""
+    return accept(ContactMessage, queue, args, kwargs)
+
+
+def check_tile(plan: JourneyPlan, message: ContactMessage, tile_type: str) -> None:
+    """Raise BrokenMessage, logged, when the message's tile is not a tile of
+    this type in its journey version: no retry could make it one."""
+    found = "audience" if message.tile == AUDIENCE_TILE else None
+    if message.tile in plan.tiles:
+        found = plan.tiles[message.tile].type
+    if found != tile_type:
+        error = BrokenMessage(
+            f"journey {plan.name!r} version {plan.version} has no {tile_type} tile "
+            f"{message.tile!r}"
+        )
+        logger.warning("message dead-lettered: %s", error)
+        raise error
 
 
 def journey_gate(

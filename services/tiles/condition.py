@@ -10,6 +10,7 @@ the contact down 'yes' as soon as the interaction arrives, or down 'no' when
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import dramatiq
 import psycopg
@@ -17,14 +18,15 @@ from psycopg import sql
 
 from services.tiles.common import (
     ContactMessage,
+    accept_message,
+    check_tile,
     claim_steps,
     hand_on,
     open_gate,
-    parse_message,
     publish_outbox,
     screen_contacts,
 )
-from services.tiles.plan import JourneyPlan, load_plan
+from services.tiles.plan import QUEUE_FOR_TYPE, JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings
@@ -56,6 +58,7 @@ def run_condition(message: ContactMessage) -> None:
     with get_pool().connection() as conn:
         with conn.transaction():
             plan = load_plan(conn, message.journey_id, message.version)
+            check_tile(plan, message, "condition")
             if not open_gate(conn, plan, message, now):
                 return
             tile: ConditionTile = plan.tiles[message.tile]
@@ -181,5 +184,5 @@ def _start_watching(
     throws=(PermanentError,),
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def condition_tile(payload: dict) -> None:
-    run_condition(parse_message(payload))
+def condition_tile(*args: Any, **kwargs: Any) -> None:
+    run_condition(accept_message(QUEUE_FOR_TYPE["condition"], args, kwargs))

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import dramatiq
 import psycopg
@@ -28,9 +29,10 @@ from psycopg.types.json import Jsonb
 
 from services.tiles.common import (
     ContactMessage,
+    accept_message,
+    check_tile,
     journey_gate,
     leave_journey,
-    parse_message,
     publish_outbox,
     start_enqueue,
     stop_contacts,
@@ -42,7 +44,7 @@ from services.tiles.email_content import (
     load_recipients,
     render_send,
 )
-from services.tiles.plan import JourneyPlan, load_plan
+from services.tiles.plan import QUEUE_FOR_TYPE, JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker, current_retries
 from shared.config import get_settings
@@ -110,6 +112,7 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
     final_attempt = retries >= get_settings().smtp_max_retries
     with get_pool().connection() as conn:
         plan = load_plan(conn, message.journey_id, message.version)
+        check_tile(plan, message, "email")
         batch, context, recipients = _sort_contacts(conn, plan, message)
         for contact, send_id, previous in batch.to_send:
             person, address = recipients[contact]
@@ -564,5 +567,7 @@ def _try_lock(conn: psycopg.Connection, journey_id: int, contact: int) -> bool:
     max_backoff=300_000,
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def email_tile(payload: dict) -> None:
-    run_email(parse_message(payload), retries=current_retries())
+def email_tile(*args: Any, **kwargs: Any) -> None:
+    run_email(
+        accept_message(QUEUE_FOR_TYPE["email"], args, kwargs), retries=current_retries()
+    )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 
 from services.tiles.common import (
     ContactMessage,
+    accept_message,
+    check_tile,
     claim_steps,
     journey_gate,
     leave_journey,
-    parse_message,
     stop_contacts,
 )
-from services.tiles.plan import load_plan
+from services.tiles.plan import QUEUE_FOR_TYPE, load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings
@@ -27,6 +30,7 @@ def run_exit(message: ContactMessage) -> None:
     now = clock.now()
     with get_pool().connection() as conn, conn.transaction():
         plan = load_plan(conn, message.journey_id, message.version)
+        check_tile(plan, message, "exit")
         gate = journey_gate(conn, message.journey_id, now)
         if gate is not None:
             stop_contacts(
@@ -46,5 +50,5 @@ def run_exit(message: ContactMessage) -> None:
     throws=(PermanentError,),
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def exit_tile(payload: dict) -> None:
-    run_exit(parse_message(payload))
+def exit_tile(*args: Any, **kwargs: Any) -> None:
+    run_exit(accept_message(QUEUE_FOR_TYPE["exit"], args, kwargs))

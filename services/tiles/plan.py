@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from shared.definitions import AUDIENCE_TILE, Journey, branches_of, walk_tiles
-from shared.errors import BrokenMessage, NotFound
+from shared.errors import BrokenMessage
 
 QUEUE_FOR_TYPE = {
     "audience": "tile.audience",
@@ -76,7 +76,7 @@ def load_plan(conn: psycopg.Connection, journey_id: int, version: int) -> Journe
         key,
     ).fetchone()
     if row is None:
-        raise NotFound(f"journey {journey_id} has no version {version}")
+        raise BrokenMessage(f"journey {journey_id} has no version {version}")
     plan = build_plan(journey_id, row[0], version, Journey.model_validate(row[1]))
     with _plans_lock:
         _plans[key] = plan

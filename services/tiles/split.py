@@ -8,20 +8,22 @@ message takes the same branch; the chosen branch is stored in the step.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import dramatiq
 import psycopg
 
 from services.tiles.common import (
     ContactMessage,
+    accept_message,
+    check_tile,
     claim_steps,
     hand_on,
     open_gate,
-    parse_message,
     publish_outbox,
     screen_contacts,
 )
-from services.tiles.plan import JourneyPlan, load_plan
+from services.tiles.plan import QUEUE_FOR_TYPE, JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings
@@ -54,6 +56,7 @@ def run_split(message: ContactMessage) -> None:
     with get_pool().connection() as conn:
         with conn.transaction():
             plan = load_plan(conn, message.journey_id, message.version)
+            check_tile(plan, message, "split")
             if not open_gate(conn, plan, message, now):
                 return
             tile: SplitTile = plan.tiles[message.tile]
@@ -109,5 +112,5 @@ def _choose(
     throws=(PermanentError,),
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def split_tile(payload: dict) -> None:
-    run_split(parse_message(payload))
+def split_tile(*args: Any, **kwargs: Any) -> None:
+    run_split(accept_message(QUEUE_FOR_TYPE["split"], args, kwargs))

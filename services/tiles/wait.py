@@ -8,16 +8,18 @@ so RabbitMQ's consumer timeout never applies to a wait.
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from typing import Any
 
 import dramatiq
 
 from services.tiles.common import (
     ContactMessage,
+    accept_message,
+    check_tile,
     open_gate,
-    parse_message,
     screen_contacts,
 )
-from services.tiles.plan import load_plan
+from services.tiles.plan import QUEUE_FOR_TYPE, load_plan
 from shared import clock
 from shared.broker import configure_broker
 from shared.config import get_settings
@@ -61,6 +63,7 @@ def run_wait(message: ContactMessage) -> None:
     now = clock.now()
     with get_pool().connection() as conn, conn.transaction():
         plan = load_plan(conn, message.journey_id, message.version)
+        check_tile(plan, message, "wait")
         if not open_gate(conn, plan, message, now):
             return
         tile = plan.tiles[message.tile]
@@ -108,5 +111,5 @@ def _screen_on_arrival(
     throws=(PermanentError,),
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def wait_tile(payload: dict) -> None:
-    run_wait(parse_message(payload))
+def wait_tile(*args: Any, **kwargs: Any) -> None:
+    run_wait(accept_message(QUEUE_FOR_TYPE["wait"], args, kwargs))

@@ -84,10 +84,6 @@ class Expected:
     tile: str | None = None
 
 
-def bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 def definition_cases() -> dict[str, Any]:
     """Return each corpus definition file with the problem it must produce.
 
@@ -128,37 +124,21 @@ def definition_cases() -> dict[str, Any]:
         "timezone_path_traversal.yaml": Expected(
             ("unknown time zone '../../../../etc/passwd'",)
         ),
-        "end_in_year_9999_new_york.yaml": pytest.param(
-            Expected(("end",)),
-            marks=bug(
-                "shared/windows.py to_utc raises OverflowError for an end whose "
-                "UTC time falls after year 9999; _check_window catches only "
-                "DefinitionError"
-            ),
-        ),
+        "end_in_year_9999_new_york.yaml": Expected(("end",)),
         "wait_without_duration_or_until.yaml": Expected(
             ("exactly one of 'duration' or 'until'",), tile="pause"
         ),
         "wait_duration_negative.yaml": Expected(
             ("'tiles.1.duration'", "invalid duration '-5m'"), tile="pause"
         ),
-        "wait_duration_too_large.yaml": pytest.param(
-            Expected(("duration", "9999999999d"), tile="pause"),
-            marks=bug(
-                "shared/definitions.py parse_duration lets timedelta's "
-                "OverflowError escape the pydantic validator, so load_documents "
-                "raises instead of reporting the tile"
-            ),
+        "wait_duration_too_large.yaml": Expected(
+            ("duration", "9999999999d"), tile="pause"
         ),
         "wait_until_with_offset.yaml": Expected(
             ("'tiles.1.until'", "must be local"), tile="pause"
         ),
-        "condition_within_too_large.yaml": pytest.param(
-            Expected(("within", "9999999999d"), tile="opened"),
-            marks=bug(
-                "shared/definitions.py parse_duration lets timedelta's "
-                "OverflowError escape the 'within' validator"
-            ),
+        "condition_within_too_large.yaml": Expected(
+            ("within", "9999999999d"), tile="opened"
         ),
         "split_percentages_sum_90.yaml": Expected(
             ("percentages add up to 90, not 100",), tile="ab"
@@ -208,21 +188,8 @@ def definition_cases() -> dict[str, Any]:
         "file_list_with_bad_item.json": Expected(
             ("expected a mapping", "got str"), line=None
         ),
-        "nesting_2000_deep.yaml": pytest.param(
-            Expected(("deep",), line=None),
-            marks=bug(
-                "shared/loading.py load_documents does not catch RecursionError, "
-                "which PyYAML's composer raises for flow sequences nested about "
-                "500 levels deep"
-            ),
-        ),
-        "nesting_2000_deep.json": pytest.param(
-            Expected(("deep",), line=None),
-            marks=bug(
-                "shared/loading.py load_documents does not catch RecursionError, "
-                "which json.loads raises for arrays nested about 1,000 levels deep"
-            ),
-        ),
+        "nesting_2000_deep.yaml": Expected(("deep",), line=None),
+        "nesting_2000_deep.json": Expected(("deep",), line=None),
     }
 
 
@@ -360,22 +327,10 @@ def test_corpus_definitions_all_tested() -> None:
 
 # Billion-laughs files: each must load and check in bounded time and memory.
 BOMB_FILES = {
-    "yaml_bomb_in_name.yaml": bug(
-        "LoadedDocument.label in shared/loading.py formats the expanded name "
-        "with repr, which walks all 9**9 aliased strings"
-    ),
-    "yaml_bomb_in_kind.yaml": bug(
-        "shared/loading.py _validate formats the unknown kind with repr and "
-        "LoadedDocument.label with str, both of which walk all 9**9 strings"
-    ),
-    "yaml_bomb_in_segment_contacts.yaml": bug(
-        "shared/loading.py _message computes repr(value) of the expanded "
-        "input before truncating it to 80 characters"
-    ),
-    "yaml_bomb_in_tiles.yaml": bug(
-        "shared/loading.py _message computes repr(value) of the expanded "
-        "input before truncating it to 80 characters"
-    ),
+    "yaml_bomb_in_name.yaml": None,
+    "yaml_bomb_in_kind.yaml": None,
+    "yaml_bomb_in_segment_contacts.yaml": None,
+    "yaml_bomb_in_tiles.yaml": None,
     "yaml_bomb_in_unknown_field.yaml": None,
 }
 BOMB_SECONDS = 8.0
@@ -529,20 +484,8 @@ def test_conditions_nested_300_deep_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "field",
     [
-        pytest.param(
-            "name",
-            marks=bug(
-                "LoadedDocument.label in shared/loading.py puts the whole name "
-                "into every Problem, so a 2 MB name makes 2 MB error lines"
-            ),
-        ),
-        pytest.param(
-            "kind",
-            marks=bug(
-                "shared/loading.py _validate puts the whole unknown kind into "
-                "the message and the label"
-            ),
-        ),
+        "name",
+        "kind",
     ],
 )
 def test_huge_name_or_kind_reported_briefly(tmp_path: Path, field: str) -> None:
@@ -564,45 +507,20 @@ TEMPLATE_ATTACKS = {
     "joiner_init_globals.yaml": None,
     "namespace_init_globals.yaml": None,
     "getitem_dunder_class.yaml": None,
-    "attr_filter_class.yaml": bug(
-        "shared/templates.py _attributes only inspects Getattr and Getitem "
-        "nodes, so |attr('__class__') passes check_email_templates"
-    ),
-    "format_method_reaches_class.yaml": bug(
-        "check_email_templates does not look inside str.format field names, "
-        "so '{0.__class__.__mro__}'.format(contact) passes the check"
-    ),
-    "jinja_global_printed.yaml": bug(
-        "meta.find_undeclared_variables skips Jinja globals, so {{ lipsum }} "
-        "passes the check although its message says templates can only use "
-        "'contact' and 'content'"
-    ),
-    "include_tag.yaml": bug(
-        "check_email_templates accepts {% include %}, which can never render "
-        "because the template environments have no loader"
-    ),
+    "attr_filter_class.yaml": None,
+    "format_method_reaches_class.yaml": None,
+    "jinja_global_printed.yaml": None,
+    "include_tag.yaml": None,
 }
 # Templates that pass or fail the check but must fail with RenderError, not
 # another exception, when rendered.
 TEMPLATE_RUNTIME_FAILURES = {
-    "division_by_zero.yaml": bug(
-        "CompiledEmail.render in shared/templates.py wraps only UndefinedError "
-        "and SecurityError, so ZeroDivisionError escapes and the email tile "
-        "retries instead of failing the contact"
-    ),
-    "string_plus_number.yaml": bug(
-        "CompiledEmail.render lets TypeError from template arithmetic escape"
-    ),
-    "include_tag.yaml": bug(
-        "CompiledEmail.render lets the TypeError 'no loader for this "
-        "environment specified' escape"
-    ),
+    "division_by_zero.yaml": None,
+    "string_plus_number.yaml": None,
+    "include_tag.yaml": None,
 }
 RENDER_BUGS = {
-    "jinja_global_printed.yaml": bug(
-        "{{ lipsum }} renders '<function generate_lorem_ipsum at 0x...>' into "
-        "the email instead of failing"
-    ),
+    "jinja_global_printed.yaml": None,
     **TEMPLATE_RUNTIME_FAILURES,
 }
 # Template files with ordinary problems that the check reports.
@@ -793,11 +711,10 @@ def test_long_subject_with_line_break_folds_safely() -> None:
     assert_no_added_headers(data)
 
 
-def test_from_with_line_break_keeps_header_count() -> None:
-    _, model = load_email(CORPUS / "templates" / "from_with_line_break.yaml")
-    assert model.from_ is not None
-    name, address = split_sender(model.from_)
-    rendered = CompiledEmail(model).render(CONTACT, CONTENT)
+def test_sender_name_with_line_break_keeps_header_count() -> None:
+    """The check rejects such a sender; build_message holds even without it."""
+    name, address = split_sender("News\r\nBcc: evil@example.com <news@example.com>")
+    rendered = RenderedEmail("Hello", "<p>Hello</p>", "Hello\n")
 
     _, data = build_message(
         envelope(sender_name=name, sender_address=address), rendered
@@ -806,20 +723,14 @@ def test_from_with_line_break_keeps_header_count() -> None:
     assert_no_added_headers(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split_sender reads 'News\\r\\nBcc: evil@example.com <news@...>' as "
-    "the address evil@example.com, and _check_email in shared/checks.py only "
-    "checks that address, so the check accepts a from with a line break",
-)
 def test_from_with_line_break_rejected_by_check() -> None:
     path = CORPUS / "templates" / "from_with_line_break.yaml"
-    document, _ = load_email(path)
 
     outcome, _ = check_paths([path], None, for_go_live=False, now=NOW)
 
-    own = [problem for problem in outcome.problems if problem.where == document.where]
-    assert any("from" in problem.message for problem in own), problems_text(own)
+    problems = [p for p in outcome.problems if "field 'from'" in p.message]
+    assert len(problems) == 1, problems_text(outcome.problems)
+    assert "without line breaks" in problems[0].message
 
 
 def load_injected_settings() -> tuple[LoadedDocument, list[LoadedDocument]]:
@@ -829,11 +740,6 @@ def load_injected_settings() -> tuple[LoadedDocument, list[LoadedDocument]]:
     return documents[0], documents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ContentSettings._https_only in shared/definitions.py validates "
-    "urlsplit(value), which drops CR and LF, but returns the value with them",
-)
 def test_subscription_url_line_break_rejected() -> None:
     settings, documents = load_injected_settings()
 
@@ -843,12 +749,6 @@ def test_subscription_url_line_break_rejected() -> None:
     assert any("subscription_center_url" in problem.message for problem in own)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_message in shared/mail.py writes the unsubscribe URL into "
-    "List-Unsubscribe without removing line breaks, so a URL that the check "
-    "accepted adds a Bcc header",
-)
 def test_subscription_url_line_break_adds_no_header() -> None:
     settings, _ = load_injected_settings()
     url = settings.raw["subscription_center_url"]
@@ -949,18 +849,6 @@ CONTACT_CASES = {
         ((3, "has 2 values, the header has 3 columns"),), ("c1",)
     ),
 }
-# Files whose bad record spans several lines: the report names the last one.
-MULTI_LINE_RECORDS = {
-    "email_with_line_break.csv": bug(
-        "shared/contacts.py takes reader.line_num after the record, so a bad "
-        "record with a quoted line break is reported at its last line, not at "
-        "line 3 where it starts"
-    ),
-    "unterminated_quote.csv": bug(
-        "shared/contacts.py reports the unterminated record at line 4, where "
-        "the file ends, instead of line 3 where its quote opens"
-    ),
-}
 # Files that cannot be imported at all, and words that their error must contain.
 CONTACT_FILE_ERRORS = {
     "header_without_email.csv": ("the header row has no 'email' column",),
@@ -968,16 +856,6 @@ CONTACT_FILE_ERRORS = {
     "file_binary.csv": ("the header row has no 'email' column",),
     "header_invalid_utf8.csv": ("header",),
     "header_nul_character.csv": ("header",),
-}
-CONTACT_FILE_BUGS = {
-    "header_invalid_utf8.csv": bug(
-        "shared/contacts.py _read_header does not check column names for "
-        "invalid UTF-8, so _remember_fields raises UnicodeEncodeError"
-    ),
-    "header_nul_character.csv": bug(
-        "shared/contacts.py _read_header does not check column names for NUL, "
-        "so _remember_fields raises psycopg.DataError"
-    ),
 }
 
 
@@ -1002,12 +880,7 @@ def test_bad_rows_skipped_good_rows_imported(db: psycopg.Connection, name: str) 
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=[MULTI_LINE_RECORDS[name]], id=name)
-        if name in MULTI_LINE_RECORDS
-        else pytest.param(name, id=name)
-        for name in CONTACT_CASES
-    ],
+    [pytest.param(name, id=name) for name in CONTACT_CASES],
 )
 def test_bad_row_line_reported(db: psycopg.Connection, name: str) -> None:
     case = CONTACT_CASES[name]
@@ -1019,12 +892,7 @@ def test_bad_row_line_reported(db: psycopg.Connection, name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=[CONTACT_FILE_BUGS[name]], id=name)
-        if name in CONTACT_FILE_BUGS
-        else pytest.param(name, id=name)
-        for name in CONTACT_FILE_ERRORS
-    ],
+    [pytest.param(name, id=name) for name in CONTACT_FILE_ERRORS],
 )
 def test_unreadable_contacts_file_rejected(db: psycopg.Connection, name: str) -> None:
     path = CORPUS / "contacts" / name
@@ -1058,12 +926,6 @@ def test_contact_field_of_1_mb_is_bad_row(
     assert imported_ids(db) == ["c1", "c3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/contacts.py stores header names in contact_fields without a "
-    "length check, and PostgreSQL's index rejects a 2 MB name with "
-    "ProgramLimitExceeded",
-)
 def test_header_column_of_2_mb_rejected(db: psycopg.Connection, tmp_path: Path) -> None:
     path = tmp_path / "huge-header.csv"
     path.write_bytes(
@@ -1151,11 +1013,6 @@ def test_raw_body_undecodable(name: str) -> None:
         Message.decode(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_message in services/tiles/common.py puts pydantic's whole "
-    "error list, with every input value, into the BrokenMessage text",
-)
 def test_huge_contact_list_error_brief() -> None:
     payload = {
         "journey_id": 1,
