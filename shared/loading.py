@@ -187,7 +187,8 @@ def _validate(where: str, raw: Any) -> LoadedDocument:
             Problem(
                 where,
                 document.label,
-                f"unknown kind {short(kind)}; expected one of {', '.join(DOCUMENT_KINDS)}",
+                f"unknown kind {short(kind)}; "
+                f"expected one of {', '.join(DOCUMENT_KINDS)}",
             )
         )
         return document
@@ -258,4 +259,5 @@ def _message(item: dict, field_path: str, raw: dict, location: list[Any]) -> str
         return f"field '{field_path}' is missing"
     if kind == "extra_forbidden":
         return f"unknown field '{field_path}'; remove it or check its spelling"
-    return f"field '{field_path}' is invalid ({item['msg']}), got {short(item.get('input'))}"
+    shown = short(item.get("input"))
+    return f"field '{field_path}' is invalid ({item['msg']}), got {shown}"
