@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import dramatiq
 import psycopg
 from psycopg import sql
 
@@ -79,7 +80,9 @@ def run_forever(
         started = time.monotonic()
         try:
             report = tick(settings)
-        except (psycopg.Error, OSError) as error:
+        except (psycopg.Error, OSError, dramatiq.errors.BrokerError) as error:
+            # Work is committed with its outbox rows before anything is
+            # published, so a later tick republishes what this one could not.
             logger.warning("coordinator tick failed, retrying next tick: %s", error)
         else:
             if report.fed or report.ended or report.released or report.republished:

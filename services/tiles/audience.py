@@ -63,6 +63,8 @@ def run_audience(message: ContactMessage) -> None:
     actor_name="audience_tile",
     queue_name="tile.audience",
     throws=(PermanentError,),
+    min_backoff=1_000,
+    max_backoff=60_000,
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
 def audience_tile(*args: Any, **kwargs: Any) -> None:

@@ -182,6 +182,8 @@ def _start_watching(
     actor_name="condition_tile",
     queue_name="tile.condition",
     throws=(PermanentError,),
+    min_backoff=1_000,
+    max_backoff=60_000,
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
 def condition_tile(*args: Any, **kwargs: Any) -> None:

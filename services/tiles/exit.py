@@ -48,6 +48,8 @@ def run_exit(message: ContactMessage) -> None:
     actor_name="exit_tile",
     queue_name="tile.exit",
     throws=(PermanentError,),
+    min_backoff=1_000,
+    max_backoff=60_000,
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
 def exit_tile(*args: Any, **kwargs: Any) -> None:

@@ -110,6 +110,8 @@ def _choose(
     actor_name="split_tile",
     queue_name="tile.split",
     throws=(PermanentError,),
+    min_backoff=1_000,
+    max_backoff=60_000,
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
 def split_tile(*args: Any, **kwargs: Any) -> None:

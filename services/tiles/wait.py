@@ -109,6 +109,8 @@ def _screen_on_arrival(
     actor_name="wait_tile",
     queue_name="tile.wait",
     throws=(PermanentError,),
+    min_backoff=1_000,
+    max_backoff=60_000,
     time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
 def wait_tile(*args: Any, **kwargs: Any) -> None:

@@ -39,6 +39,7 @@ from tests.support import (
     ROOT,
     TILE_QUEUES,
     Processes,
+    free_port,
     simple_contacts,
     wait_until,
     write_contacts,
@@ -68,8 +69,8 @@ def check_invariants(
     contacts: int,
     label: str,
 ) -> Counter[str]:
-    """Assert that a finished run lost and duplicated nothing; print what was
-    checked and return the email steps' outcomes, counted.
+    """Assert that a finished run lost and duplicated nothing, print what was
+    checked, and return the email steps' outcomes, counted.
 
     `contacts` is how many contacts must have entered the journey.
     """
@@ -268,9 +269,11 @@ def wait_finished(
     timeout: float,
     watched: dict[str, subprocess.Popen],
 ) -> float:
-    """Wait until the run is finished; return the seconds it took. Fail with
-    the steps, sends and queues as they are on timeout, or as soon as one of
-    the `watched` processes, named by role, has exited."""
+    """Wait until the run is finished and return the seconds it took.
+
+    Fails with the steps, sends and queues as they are on timeout, or as soon
+    as one of the `watched` processes, named by role, has exited.
+    """
     started = time.monotonic()
     deadline = started + timeout
     while (left := _unfinished(db, contacts)) is not None:
@@ -283,9 +286,6 @@ def wait_finished(
         if time.monotonic() > deadline:
             diagnosis = _diagnosis(db, processes)
             pytest.fail(f"run not finished after {timeout} s: {left}\n{diagnosis}")
-        debug_sends = _one(db, "select string_agg(state||'='||n, ',') from (select state, count(*) n from sends group by 1) x")
-        debug_conns = _one(db, "select count(*) from pg_stat_activity where datname=current_database()")
-        print(f"DEBUG {time.monotonic()-started:.1f} {left} | {debug_sends} | {debug_conns}")
         time.sleep(0.5)
     elapsed = time.monotonic() - started
     time.sleep(2)  # a duplicate email still on its way would arrive now
@@ -372,8 +372,9 @@ def test_worker_killed_twenty_times(db, processes, smtp_sink, tmp_path):
 
 # --- RabbitMQ restarted -------------------------------------------------------
 
-NODE = "journeys-faults@localhost"
-NODE_PORT = 5674
+# The node's name and ports are this pytest process's own, so that test runs
+# on one machine at the same time never share, stop or restart a node.
+NODE = f"journeys-faults-{os.getpid()}@localhost"
 
 
 def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
@@ -384,22 +385,25 @@ def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def restartable_broker() -> Iterator[str]:
-    """A RabbitMQ node of this module's own on port 5674, so that restarting it
-    disturbs no other test run; stopped and removed afterwards."""
+    """A RabbitMQ node of this module's own on a free port, so that restarting
+    it disturbs no other test run; stopped and removed afterwards."""
+    node_port = free_port()
     folder = Path("/tmp") / f"journeys-faults-rabbit-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "mnesia").mkdir(parents=True)
     (folder / "log").mkdir()
-    (folder / "rabbitmq.conf").write_text(f"listeners.tcp.default = {NODE_PORT}\n")
+    (folder / "rabbitmq.conf").write_text(f"listeners.tcp.default = {node_port}\n")
     (folder / "enabled_plugins").write_text("[].\n")
+
     if _user_exists("rabbitmq"):  # the server drops root and runs as this user
         for path in [folder, *folder.rglob("*")]:
             shutil.chown(path, "rabbitmq", "rabbitmq")
+
     env = {
         **os.environ,
         "RABBITMQ_NODENAME": NODE,
-        "RABBITMQ_NODE_PORT": str(NODE_PORT),
-        "RABBITMQ_DIST_PORT": str(NODE_PORT + 20000),
+        "RABBITMQ_NODE_PORT": str(node_port),
+        "RABBITMQ_DIST_PORT": str(free_port()),
         "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
         "RABBITMQ_LOG_BASE": str(folder / "log"),
         "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
@@ -407,13 +411,14 @@ def restartable_broker() -> Iterator[str]:
         "RABBITMQ_PID_FILE": str(folder / "pid"),
     }
     subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
+
     try:
         wait_until(
             lambda: _rabbitmqctl("await_startup").returncode == 0,
             90,
             what=f"RabbitMQ node {NODE}",
         )
-        yield f"amqp://guest:guest@127.0.0.1:{NODE_PORT}/%2F"
+        yield f"amqp://guest:guest@127.0.0.1:{node_port}/%2F"
     finally:
         _rabbitmqctl("stop")
         shutil.rmtree(folder, ignore_errors=True)
@@ -456,8 +461,8 @@ def _stop_broker_for(seconds: float, meanwhile: Callable[[], None]) -> None:
 @pytest.mark.slow
 def test_broker_restart_mid_run(restartable_broker, db, processes, smtp_sink, tmp_path):
     """Stop the broker's application for about 3 s while emails flow through
-    [email, exit]; the workers reconnect, and the coordinator republishes the
-    exit tile's messages that they could not publish once the broker is back.
+    [email, exit]. The workers reconnect, and once the broker is back the
+    coordinator republishes the exit tile's messages that they could not publish.
 
     The outbox rows are only republished 15 s after they were written, so the
     coordinator has nothing to publish while the broker is down: a coordinator
@@ -493,7 +498,7 @@ def test_broker_restart_mid_run(restartable_broker, db, processes, smtp_sink, tm
 
 
 def _republished(processes: Processes) -> int:
-    """Return how many outbox rows the coordinators' logs say they republished."""
+    """Return how many outbox rows the coordinators logged as republished."""
     total = 0
     for path in processes.logs.glob("coordinator-*.log"):
         text = path.read_text(errors="replace")
@@ -502,13 +507,6 @@ def _republished(processes: Processes) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_forever catches only psycopg.Error and OSError, so the"
-    " dramatiq.errors.ConnectionClosed that publish_outbox raises while the"
-    " broker is down ends the coordinator process, and the entries it fed"
-    " stay in the outbox",
-)
 def test_coordinator_feeds_during_broker_outage(
     restartable_broker, db, processes, smtp_sink, tmp_path
 ):
@@ -541,8 +539,8 @@ def test_coordinator_feeds_during_broker_outage(
 
 
 def _terminate_backends(database_url: str, keep: int) -> int:
-    """Terminate every other connection to this test's database, except `keep`;
-    return how many were terminated."""
+    """Terminate every other connection to this test's database except `keep`,
+    and return how many were terminated."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -558,7 +556,7 @@ def test_database_connections_dropped_mid_run(
     db, database_url, processes, smtp_sink, tmp_path
 ):
     """Terminate every backend of the test database three times, a second
-    apart, while emails flow; the pools reconnect and the run finishes."""
+    apart, while emails flow. The pools reconnect and the run finishes."""
     total = 1500
     processes.env["JOURNEYS_OUTBOX_RETRY_SECONDS"] = "3"
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(total)))
@@ -572,7 +570,7 @@ def test_database_connections_dropped_mid_run(
     at_first_drop = _emails(smtp_sink)
     terminated = []
     for _ in range(3):
-        # The test's own connection `db` is spared: the checks below use it.
+        # The test's own connection `db` is spared because the checks use it.
         terminated.append(_terminate_backends(database_url, db.info.backend_pid))
         time.sleep(1)
     assert terminated[0] > 0, "no worker or coordinator connection was open"
@@ -594,7 +592,8 @@ MAX_SMTP_RETRIES = 3
 
 
 def _fault_for(number: int) -> str:
-    """Return what the server does to contact number `number`, first rule first."""
+    """Return what the server does to contact number `number`. The first
+    matching rule wins."""
     if number % 10 == 3:
         return "bounce"  # 550 on every attempt
     if number % 120 == 20:
@@ -619,8 +618,8 @@ class FaultySmtp:
         self.lock = threading.Lock()
         handler = sink.handler
         store = handler.handle_DATA
-        # aiosmtpd reads the handle_* hooks from the handler when a connection
-        # opens, so these must be in place before the workers connect.
+        # aiosmtpd 1.4 reads the handle_* hooks from the handler when a
+        # connection opens, so these must be in place before the workers connect.
         handler.handle_RCPT = self.handle_rcpt  # type: ignore[attr-defined]
         handler.handle_DATA = self._data_hook(store)  # type: ignore[method-assign]
         handler.choose_reply = self.choose_reply
@@ -643,7 +642,7 @@ class FaultySmtp:
         return "250 OK"
 
     def choose_reply(self, address: str) -> str | None:
-        """Return the reply at the end of DATA; None stores the message."""
+        """Return the reply at the end of DATA, or None to store the message."""
         with self.lock:
             self.data_calls[address] += 1
             first = self.data_calls[address] == 1
@@ -676,7 +675,7 @@ class FaultySmtp:
 
 @pytest.mark.slow
 def test_smtp_faults_retried_or_recorded(db, processes, smtp_sink, tmp_path):
-    """4xx answers are retried and delivered once, 5xx bounce without a retry,
+    """4xx replies are retried and delivered once, 5xx bounce without a retry,
     a connection lost before DATA completes is retried, and one lost after the
     server stored the message is unconfirmed and not sent again."""
     total = 300
@@ -738,7 +737,7 @@ def test_smtp_faults_retried_or_recorded(db, processes, smtp_sink, tmp_path):
 
 
 def _fed_per_coordinator(processes: Processes) -> list[int]:
-    """Return how many contacts each coordinator's log says it fed."""
+    """Return how many contacts each coordinator logged as fed."""
     fed = []
     for path in sorted(processes.logs.glob("coordinator-*.log")):
         text = path.read_text(errors="replace")
@@ -835,8 +834,8 @@ def test_journey_end_stops_waiting_contacts(
     db, processes, smtp_sink, virtual_time, tmp_path
 ):
     """[email, wait 1h, email] with the end 30 minutes after the start: the
-    clock passes the end while every contact waits, so nobody gets the second
-    email and every contact stops with the reason journey_ended."""
+    clock passes the end while every contact waits, so no contact gets the
+    second email and every contact stops with the reason journey_ended."""
     total = 200
     start = datetime(2027, 6, 1, 9, 0, tzinfo=UTC)
     end = start + timedelta(minutes=30)

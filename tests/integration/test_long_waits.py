@@ -17,6 +17,7 @@ import pytest
 from shared.contacts import import_contacts
 from shared.golive import go_live_paths
 from tests.support import (
+    free_port,
     recipients,
     simple_contacts,
     wait_until,
@@ -26,8 +27,10 @@ from tests.support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-NODE = "journeys-timeout60@localhost"
-PORT = 5673
+# Per test process, so that two test runs on one machine do not collide.
+NODE = f"journeys-timeout60-{os.getpid()}@localhost"
+PORT = free_port()
+DIST_PORT = free_port()
 CONSUMER_TIMEOUT_MS = 60_000
 
 
@@ -36,7 +39,7 @@ def _node_env(folder: Path) -> dict[str, str]:
         **os.environ,
         "RABBITMQ_NODENAME": NODE,
         "RABBITMQ_NODE_PORT": str(PORT),
-        "RABBITMQ_DIST_PORT": str(PORT + 20000),
+        "RABBITMQ_DIST_PORT": str(DIST_PORT),
         "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
         "RABBITMQ_LOG_BASE": str(folder / "log"),
         "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
@@ -53,7 +56,7 @@ def _ctl(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def short_timeout_broker() -> Iterator[str]:
-    """A second RabbitMQ node on port 5673 with consumer_timeout = 60 s."""
+    """A second RabbitMQ node on a free port with consumer_timeout = 60 s."""
     folder = Path("/tmp") / f"journeys-rabbit-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "mnesia").mkdir(parents=True)
