@@ -33,7 +33,7 @@ _MODEL_KINDS: dict[type, str] = {
 
 @dataclass
 class Catalog:
-    """Definitions already published to the database, and what it knows of contacts."""
+    """Definitions already published to the database, and the contact fields it stores."""
 
     published: dict[tuple[str, str], Any] = field(default_factory=dict)
     contact_fields: set[str] | None = None
@@ -57,7 +57,7 @@ EXTENSION_DAYS = 30
 
 @dataclass
 class _Scope:
-    """What one check sees: the files' documents over the published ones."""
+    """The scope of one check: the files' documents over the published ones."""
 
     catalog: Catalog
     files: dict[tuple[str, str], Any]

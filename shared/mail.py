@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class SmtpRejected(PermanentError):
-    """Raised when the SMTP server answers 5xx for one recipient."""
+    """Raised when the SMTP server replies 5xx for one recipient."""
 
     def __init__(self, code: int, reply: str) -> None:
         self.code = code
@@ -193,7 +193,7 @@ class SmtpSender:
             raise SmtpRejected(code, text)
         if code == 421:
             self._drop()
-        raise SmtpTemporaryError(f"SMTP server answered {code} {text}")
+        raise SmtpTemporaryError(f"SMTP server replied {code} {text}")
 
     def _connection(self) -> smtplib.SMTP:
         connection = getattr(self._local, "connection", None)

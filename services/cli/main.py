@@ -182,7 +182,7 @@ def check_command(paths: Paths, as_json: AsJson = False) -> None:
 
 
 def _try_connect() -> psycopg.Connection | None:
-    """Connect for a check when the database answers and has the schema; a
+    """Connect for a check when the database responds and has the schema; a
     check never changes the database and also works offline."""
     try:
         conn = psycopg.connect(

@@ -42,7 +42,7 @@ class TickReport:
 
 @dataclass
 class CoordinatorState:
-    """What the coordinator's metrics show about its own health."""
+    """The coordinator's own health, as its metrics show it."""
 
     last_tick: float = 0.0
     last_report: TickReport | None = None

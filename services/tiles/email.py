@@ -4,7 +4,7 @@ A message's contacts are handled as a batch. One transaction reads their
 steps, sends, data and consent, and records every contact that gets no
 email. Then, per contact, one statement takes a session advisory lock on
 (journey, contact) and commits a 'sending' record; the SMTP conversation
-runs; one pipelined transaction records the answer, hands the contact on
+runs; one pipelined transaction records the reply, hands the contact on
 and releases the lock. A crash between the server's acceptance and that
 commit leaves 'sending' behind, and the next delivery marks it
 'unconfirmed' instead of sending again. The lock keeps a duplicate
@@ -106,7 +106,7 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
     """Send the tile's email to each contact of the message.
 
     Raises SmtpTemporaryError after the whole batch when any contact got a 4xx
-    answer, so that the broker retries the message with back-off; contacts
+    reply, so that the broker retries the message with back-off; contacts
     already done are skipped on the retry.
     """
     final_attempt = retries >= get_settings().smtp_max_retries
@@ -391,8 +391,8 @@ def _lock_and_mark(
 def _unmarked(
     conn: psycopg.Connection, plan: JourneyPlan, tile: str, contact: int, batch: Batch
 ) -> Result:
-    """The record was not written: another attempt made one since, or another
-    contact of this journey already took the address on this tile."""
+    """Return SKIPPED when another attempt wrote the send record since, or block
+    the contact when another contact already took its address on this tile."""
     try:
         with conn.transaction():
             mine = conn.execute(
@@ -461,7 +461,7 @@ def _record(
     result: Result,
     batch: Batch,
 ) -> None:
-    """Store the SMTP answer and the step's outcome, hand the contact on and
+    """Store the SMTP reply and the step's outcome, hand the contact on and
     release its lock, all in one round trip."""
     now = clock.now()
     enqueued = None

@@ -1,4 +1,4 @@
-"""The wait tile: holds each contact in PostgreSQL until its due time.
+"""The wait tile: keeps each contact in PostgreSQL until its due time.
 
 The contact's step stays in progress while a timer row waits; the
 coordinator releases due timers in batches. No broker message is delayed,
