@@ -357,6 +357,18 @@ class VirtualTime:
     def now(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=float(self.path.read_text()))
 
+    def pass_timers(self, conn: psycopg.Connection, kind: str, count: int) -> None:
+        """Wait for `count` timers of this kind, then move the clock just past
+        the latest, however long the processes took to set them."""
+        query = "SELECT count(*), max(due_at) FROM timers WHERE kind = %s"
+        wait_until(
+            lambda: conn.execute(query, (kind,)).fetchone()[0] == count,
+            60,
+            what=f"{count} {kind} timers",
+        )
+        latest = conn.execute(query, (kind,)).fetchone()[1]
+        self.set(max(latest, self.now()) + timedelta(seconds=1))
+
 
 def step_counts(conn: psycopg.Connection, tile: str) -> dict[str, int]:
     rows = conn.execute(

@@ -92,13 +92,13 @@ def test_onboarding_example_insights_agree_with_sink_and_clicks(
     # n1 to n4 open the welcome email after an hour; n1 and n2 click its link.
     virtual_time.set(START + timedelta(hours=1))
     _open_and_click(smtp_sink, range(1, 5), clicking={1, 2})
-    virtual_time.set(START + timedelta(days=2, seconds=1))
+    virtual_time.pass_timers(db, "wait", 11)
     wait_until(lambda: len(smtp_sink.handler.messages) == 15, 60, what="tips emails")
     # n5 opens during the condition's 3 days; the others never open.
     virtual_time.set(START + timedelta(days=3))
     _open_and_click(smtp_sink, range(5, 6), clicking=set())
     wait_until(lambda: len(smtp_sink.handler.messages) == 16, 60, what="n5's tips")
-    virtual_time.set(START + timedelta(days=5, seconds=2))
+    virtual_time.pass_timers(db, "condition", 6)
     wait_until(lambda: len(smtp_sink.handler.messages) == 22, 60, what="reminders")
     time.sleep(2)
 

@@ -230,7 +230,7 @@ def test_condition_on_open_takes_one_branch_each(
     wait_until(lambda: "c1" in _sent(db, "email-y"), 30, what="c1's yes email")
     assert _sent(db, "email-y")["c1"] < start + timedelta(hours=1, minutes=1)
 
-    virtual_time.set(start + timedelta(days=2, seconds=1))
+    virtual_time.pass_timers(db, "condition", 2)
     wait_until(lambda: len(_sent(db, "email-n")) == 2, 30, what="two no emails")
     virtual_time.set(start + timedelta(days=3))
     assert (
@@ -322,7 +322,7 @@ def test_unsubscribe_during_wait_leaves_once(
     )
     assert answer.status_code == 200
 
-    virtual_time.set(start + timedelta(days=1, seconds=1))
+    virtual_time.pass_timers(db, "wait", 2)
     wait_until(
         lambda: (
             _settled(db)
@@ -503,7 +503,7 @@ def test_hard_bounce_during_wait_leaves_once(
         30,
         what="the bounce recorded",
     )
-    virtual_time.set(start + timedelta(days=1, seconds=1))
+    virtual_time.pass_timers(db, "wait", 2)
     wait_until(
         lambda: (
             db.execute("SELECT count(*) FROM timers").fetchone() == (0,)
