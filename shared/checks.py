@@ -33,7 +33,7 @@ _MODEL_KINDS: dict[type, str] = {
 
 @dataclass
 class Catalog:
-    """Definitions already published to the database, and the contact fields it stores."""
+    """Definitions published to the database, and the contact fields it stores."""
 
     published: dict[tuple[str, str], Any] = field(default_factory=dict)
     contact_fields: set[str] | None = None

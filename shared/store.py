@@ -42,9 +42,9 @@ def dump(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def load_catalog(conn: psycopg.Connection, segments: list[str] = ()) -> Catalog:  # type: ignore[assignment]
-    """Read the published definitions, the known contact fields and the sizes
-    of the named segments."""
+def load_catalog(conn: psycopg.Connection) -> Catalog:
+    """Read the published definitions, the known contact fields and the
+    published journeys."""
     catalog = Catalog()
     for kind, name, body in conn.execute("SELECT kind, name, body FROM definitions"):
         catalog.published[(kind, name)] = document_adapter.validate_python(body)
@@ -273,11 +273,15 @@ def version_counts(conn: psycopg.Connection, journey_id: int) -> list[dict[str, 
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def contacts_in_flight(conn: psycopg.Connection, journey_id: int) -> int:
+def live_definition(
+    conn: psycopg.Connection, kind: str, name: str
+) -> tuple[Any, int] | None:
+    """Return a published (live) definition and its revision, or None."""
     row = conn.execute(
-        "SELECT (SELECT count(*) FROM steps"
-        " WHERE journey_id = %s AND state = 'in_progress')"
-        " + (SELECT count(*) FROM outbox WHERE journey_id = %s)",
-        (journey_id, journey_id),
+        "SELECT body, revision FROM definitions"
+        " WHERE kind = %s AND name = %s AND status = 'live'",
+        (kind, name),
     ).fetchone()
-    return int(row[0]) if row else 0
+    if row is None:
+        return None
+    return document_adapter.validate_python(row[0]), row[1]

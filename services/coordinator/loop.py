@@ -24,9 +24,9 @@ from services.tiles.common import enqueue_step, publish_outbox
 from shared import clock
 from shared.config import Settings, get_settings
 from shared.db import get_pool
-from shared.definitions import AUDIENCE_TILE, Segment
+from shared.definitions import AUDIENCE_TILE
 from shared.segments import membership
-from shared.store import end_journey
+from shared.store import end_journey, live_definition
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ def _feed_page(
     if journey is None:
         return None  # another coordinator is feeding it, or it just ended
     version, after_at, after_id, segment_name = journey
-    segment = _load_segment(conn, segment_name)
+    found = live_definition(conn, "segment", segment_name)
+    segment = found[0] if found else None
     if segment is None:
         logger.warning(
             "journey %s: segment %r is not published; nothing fed",
@@ -212,15 +213,6 @@ def _feed_page(
         (last_at, last_id, journey_id),
     )
     return len(outbox), outbox, done
-
-
-def _load_segment(conn: psycopg.Connection, name: str) -> Segment | None:
-    row = conn.execute(
-        "SELECT body FROM definitions"
-        " WHERE kind = 'segment' AND name = %s AND status = 'live'",
-        (name,),
-    ).fetchone()
-    return Segment.model_validate(row[0]) if row else None
 
 
 def republish_outbox(

@@ -9,8 +9,8 @@ import psycopg
 from psycopg import sql
 
 from services.tiles.plan import JourneyPlan
-from shared.definitions import Segment
 from shared.segments import membership
+from shared.store import live_definition
 
 
 def consent_reasons(
@@ -21,13 +21,9 @@ def consent_reasons(
         return {}
     suppressed: sql.Composable = sql.SQL("false")
     if plan.definition.suppression:
-        row = conn.execute(
-            "SELECT body FROM definitions"
-            " WHERE kind = 'segment' AND name = %s AND status = 'live'",
-            (plan.definition.suppression,),
-        ).fetchone()
-        if row is not None:
-            suppressed = membership(Segment.model_validate(row[0]))
+        found = live_definition(conn, "segment", plan.definition.suppression)
+        if found is not None:
+            suppressed = membership(found[0])
     query = sql.SQL(
         "SELECT c.id, CASE WHEN c.unsubscribed THEN 'unsubscribed'"
         " WHEN c.bounced_at IS NOT NULL THEN 'bounced'"

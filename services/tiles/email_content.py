@@ -23,6 +23,7 @@ from shared.mail import (
     split_sender,
     unsubscribe_mailto,
 )
+from shared.store import live_definition
 from shared.templates import CompiledEmail
 from shared.tokens import sign
 
@@ -74,11 +75,11 @@ def load_context(
     conn: psycopg.Connection, plan: JourneyPlan, tile: str
 ) -> EmailContext:
     email_name = plan.tiles[tile].email
-    email = _load_definition(conn, "email", email_name)
+    email = live_definition(conn, "email", email_name)
     if email is None:
         return EmailContext(None, None, None, f"email {email_name!r} is not published")
     settings_name = plan.definition.content_settings
-    settings = _load_definition(conn, "content-settings", settings_name)
+    settings = live_definition(conn, "content-settings", settings_name)
     if settings is None:
         return EmailContext(
             None, None, None, f"content settings {settings_name!r} are not published"
@@ -187,21 +188,6 @@ def track_links(
     else:
         tracked += pixel
     return tracked, links
-
-
-def _load_definition(
-    conn: psycopg.Connection, kind: str, name: str
-) -> tuple[Any, int] | None:
-    """Return a published definition and its revision, or None when it is not live."""
-    row = conn.execute(
-        "SELECT body, revision FROM definitions"
-        " WHERE kind = %s AND name = %s AND status = 'live'",
-        (kind, name),
-    ).fetchone()
-    if row is None:
-        return None
-    model = Email if kind == "email" else ContentSettings
-    return model.model_validate(row[0]), row[1]
 
 
 def _load_contacts(
