@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import dramatiq
 
 from services.tiles.common import (
     ContactMessage,
-    accept_message,
     check_tile,
     claim_steps,
+    declare_tile_actor,
     hand_on,
     journey_gate,
     publish_outbox,
     stop_contacts,
 )
-from services.tiles.plan import QUEUE_FOR_TYPE, load_plan
+from services.tiles.plan import load_plan
 from shared import clock
 from shared.broker import configure_broker
-from shared.config import get_settings
 from shared.db import get_pool
-from shared.errors import PermanentError
 from shared.metrics import count_outcome
 
 logger = logging.getLogger(__name__)
@@ -59,13 +54,4 @@ def run_audience(message: ContactMessage) -> None:
     )
 
 
-@dramatiq.actor(
-    actor_name="audience_tile",
-    queue_name="tile.audience",
-    throws=(PermanentError,),
-    min_backoff=1_000,
-    max_backoff=60_000,
-    time_limit=get_settings().actor_time_limit_seconds * 1000,
-)
-def audience_tile(*args: Any, **kwargs: Any) -> None:
-    run_audience(accept_message(QUEUE_FOR_TYPE["audience"], args, kwargs))
+audience_tile = declare_tile_actor("audience", run_audience)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,10 +13,10 @@ import dramatiq
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.tiles.plan import ACTOR_FOR_TYPE, JourneyPlan, load_plan
+from services.tiles.plan import ACTOR_FOR_TYPE, QUEUE_FOR_TYPE, JourneyPlan, load_plan
 from shared.config import get_settings
 from shared.definitions import AUDIENCE_TILE
-from shared.errors import BrokenMessage
+from shared.errors import BrokenMessage, PermanentError
 from shared.intake import accept
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,33 @@ class ContactMessage(BaseModel):
     version: int = Field(gt=0)
     tile: str = Field(min_length=1, max_length=100)
     contacts: list[int] = Field(min_length=1, max_length=1000)
+
+
+def declare_tile_actor(
+    kind: str, run: Callable[[ContactMessage], object], **options: Any
+) -> dramatiq.Actor:
+    """Declare the Dramatiq actor of a tile type on its own queue.
+
+    The actor validates each message and runs `run` on it. Permanent errors
+    dead-letter the message at once; others are retried after 1 s at first.
+    """
+    queue = QUEUE_FOR_TYPE[kind]
+
+    def process(*args: Any, **kwargs: Any) -> None:
+        run(accept_message(queue, args, kwargs))
+
+    process.__name__ = ACTOR_FOR_TYPE[kind]
+    settings: dict[str, Any] = {
+        "throws": (PermanentError,),
+        "min_backoff": 1_000,
+        "max_backoff": 60_000,
+        "time_limit": get_settings().actor_time_limit_seconds * 1000,
+        **options,
+    }
+    decorate = dramatiq.actor(
+        actor_name=ACTOR_FOR_TYPE[kind], queue_name=queue, **settings
+    )
+    return decorate(process)
 
 
 def parse_message(payload: Any) -> ContactMessage:

@@ -10,26 +10,23 @@ the contact down 'yes' as soon as the interaction arrives, or down 'no' when
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-import dramatiq
 import psycopg
 from psycopg import sql
 
 from services.tiles.common import (
     ContactMessage,
-    accept_message,
     check_tile,
     claim_steps,
+    declare_tile_actor,
     hand_on,
     open_gate,
     publish_outbox,
     screen_contacts,
 )
-from services.tiles.plan import QUEUE_FOR_TYPE, JourneyPlan, load_plan
+from services.tiles.plan import JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker
-from shared.config import get_settings
 from shared.db import get_pool
 from shared.definitions import (
     Condition,
@@ -38,7 +35,6 @@ from shared.definitions import (
     Segment,
     parse_duration,
 )
-from shared.errors import PermanentError
 from shared.metrics import count_outcome
 from shared.segments import membership
 
@@ -178,13 +174,4 @@ def _start_watching(
     return outbox
 
 
-@dramatiq.actor(
-    actor_name="condition_tile",
-    queue_name="tile.condition",
-    throws=(PermanentError,),
-    min_backoff=1_000,
-    max_backoff=60_000,
-    time_limit=get_settings().actor_time_limit_seconds * 1000,
-)
-def condition_tile(*args: Any, **kwargs: Any) -> None:
-    run_condition(accept_message(QUEUE_FOR_TYPE["condition"], args, kwargs))
+condition_tile = declare_tile_actor("condition", run_condition)

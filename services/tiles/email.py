@@ -21,16 +21,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
-import dramatiq
 import psycopg
 from psycopg.types.json import Jsonb
 
 from services.tiles.common import (
     ContactMessage,
-    accept_message,
     check_tile,
+    declare_tile_actor,
     journey_gate,
     leave_journey,
     publish_outbox,
@@ -44,12 +42,12 @@ from services.tiles.email_content import (
     load_recipients,
     render_send,
 )
-from services.tiles.plan import QUEUE_FOR_TYPE, JourneyPlan, load_plan
+from services.tiles.plan import JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker, current_retries
 from shared.config import get_settings
 from shared.db import get_pool
-from shared.errors import PermanentError, SmtpTemporaryError
+from shared.errors import SmtpTemporaryError
 from shared.mail import SmtpOutcomeUnknown, SmtpRejected, SmtpSender
 from shared.metrics import count_outcome, observe_smtp
 from shared.templates import RenderError
@@ -558,16 +556,13 @@ def _try_lock(conn: psycopg.Connection, journey_id: int, contact: int) -> bool:
     return bool(row and row[0])
 
 
-@dramatiq.actor(
-    actor_name="email_tile",
-    queue_name="tile.email",
-    throws=(PermanentError,),
+def _run_with_retries(message: ContactMessage) -> None:
+    run_email(message, retries=current_retries())
+
+
+email_tile = declare_tile_actor(
+    "email",
+    _run_with_retries,
     max_retries=get_settings().smtp_max_retries,
-    min_backoff=1_000,
     max_backoff=300_000,
-    time_limit=get_settings().actor_time_limit_seconds * 1000,
 )
-def email_tile(*args: Any, **kwargs: Any) -> None:
-    run_email(
-        accept_message(QUEUE_FOR_TYPE["email"], args, kwargs), retries=current_retries()
-    )

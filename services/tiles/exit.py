@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import dramatiq
-
 from services.tiles.common import (
     ContactMessage,
-    accept_message,
     check_tile,
     claim_steps,
+    declare_tile_actor,
     journey_gate,
     leave_journey,
     stop_contacts,
 )
-from services.tiles.plan import QUEUE_FOR_TYPE, load_plan
+from services.tiles.plan import load_plan
 from shared import clock
 from shared.broker import configure_broker
-from shared.config import get_settings
 from shared.db import get_pool
-from shared.errors import PermanentError
 from shared.metrics import count_outcome
 
 configure_broker()
@@ -44,13 +38,4 @@ def run_exit(message: ContactMessage) -> None:
     count_outcome(plan.name, message.tile, "completed", len(claimed))
 
 
-@dramatiq.actor(
-    actor_name="exit_tile",
-    queue_name="tile.exit",
-    throws=(PermanentError,),
-    min_backoff=1_000,
-    max_backoff=60_000,
-    time_limit=get_settings().actor_time_limit_seconds * 1000,
-)
-def exit_tile(*args: Any, **kwargs: Any) -> None:
-    run_exit(accept_message(QUEUE_FOR_TYPE["exit"], args, kwargs))
+exit_tile = declare_tile_actor("exit", run_exit)

@@ -8,28 +8,24 @@ message takes the same branch; the chosen branch is stored in the step.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
-import dramatiq
 import psycopg
 
 from services.tiles.common import (
     ContactMessage,
-    accept_message,
     check_tile,
     claim_steps,
+    declare_tile_actor,
     hand_on,
     open_gate,
     publish_outbox,
     screen_contacts,
 )
-from services.tiles.plan import QUEUE_FOR_TYPE, JourneyPlan, load_plan
+from services.tiles.plan import JourneyPlan, load_plan
 from shared import clock
 from shared.broker import configure_broker
-from shared.config import get_settings
 from shared.db import get_pool
 from shared.definitions import SplitTile
-from shared.errors import PermanentError
 from shared.metrics import count_outcome
 
 configure_broker()
@@ -106,13 +102,4 @@ def _choose(
     return choices
 
 
-@dramatiq.actor(
-    actor_name="split_tile",
-    queue_name="tile.split",
-    throws=(PermanentError,),
-    min_backoff=1_000,
-    max_backoff=60_000,
-    time_limit=get_settings().actor_time_limit_seconds * 1000,
-)
-def split_tile(*args: Any, **kwargs: Any) -> None:
-    run_split(accept_message(QUEUE_FOR_TYPE["split"], args, kwargs))
+split_tile = declare_tile_actor("split", run_split)

@@ -8,24 +8,19 @@ so RabbitMQ's consumer timeout never applies to a wait.
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from typing import Any
-
-import dramatiq
 
 from services.tiles.common import (
     ContactMessage,
-    accept_message,
     check_tile,
+    declare_tile_actor,
     open_gate,
     screen_contacts,
 )
-from services.tiles.plan import QUEUE_FOR_TYPE, load_plan
+from services.tiles.plan import load_plan
 from shared import clock
 from shared.broker import configure_broker
-from shared.config import get_settings
 from shared.db import get_pool
 from shared.definitions import WaitTile, parse_duration, parse_until
-from shared.errors import PermanentError
 from shared.metrics import count_outcome
 from shared.windows import load_zone, to_utc
 
@@ -105,13 +100,4 @@ def _screen_on_arrival(
     return staying
 
 
-@dramatiq.actor(
-    actor_name="wait_tile",
-    queue_name="tile.wait",
-    throws=(PermanentError,),
-    min_backoff=1_000,
-    max_backoff=60_000,
-    time_limit=get_settings().actor_time_limit_seconds * 1000,
-)
-def wait_tile(*args: Any, **kwargs: Any) -> None:
-    run_wait(accept_message(QUEUE_FOR_TYPE["wait"], args, kwargs))
+wait_tile = declare_tile_actor("wait", run_wait)
