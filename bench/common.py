@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: a scratch database and virtual host,
+"""Helpers the benchmark scripts share: a scratch database and virtual host,
 and the project's processes started against them."""
 
 from __future__ import annotations

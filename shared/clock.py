@@ -44,7 +44,7 @@ class OffsetClock:
 
 
 class ManualClock:
-    """A clock that only moves when a test tells it to."""
+    """A clock that moves only when a test sets or advances it."""
 
     def __init__(self, start: datetime) -> None:
         if start.tzinfo is None:

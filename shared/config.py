@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SmtpTarget(BaseModel):
-    """Where and how the email tile connects to its SMTP relay."""
+    """Address and credentials of the SMTP relay the email tile sends through."""
 
     host: str
     port: int

@@ -32,7 +32,7 @@ class RetryableError(JourneyError):
 
 
 class SmtpTemporaryError(RetryableError):
-    """Raised when the SMTP server answered 4xx or the connection was lost
+    """Raised when the SMTP server replied 4xx or the connection was lost
     before the message data was sent."""
 
 

@@ -76,7 +76,7 @@ def short(value: Any) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps date-times as text, so that pydantic sees exactly
+    """SafeLoader that keeps date-times as text, so that pydantic gets exactly
     what the operator wrote and can tell a local time from one with an offset.
     Only true and false are booleans, as in YAML 1.2, so that a condition's
     `yes` and `no` branches stay keys."""

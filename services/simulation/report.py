@@ -1,4 +1,4 @@
-"""What a simulation prints: every contact's path and the per-tile counts."""
+"""Report of a simulation: every contact's path and the per-tile counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What every tile shares: the contact message, the journey plan, the window
+"""Parts every tile shares: the contact message, the journey plan, the window
 gate, the hand-on through the outbox, and leaving the journey."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""What the email tile sends one contact: the published email rendered for
-them, with signed unsubscribe, open and click links of this send."""
+"""Content of one contact's email: the published email rendered for them,
+with signed unsubscribe, open and click links of this send."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ _compiled = _CompiledCache()
 
 @dataclass(frozen=True)
 class EmailContext:
-    """What every contact of one email tile shares: the compiled email and
-    the content settings, or why the tile cannot send at all."""
+    """Content shared by every contact of one email tile: the compiled email
+    and the content settings, or the reason the tile cannot send at all."""
 
     compiled: CompiledEmail | None
     email: Email | None
