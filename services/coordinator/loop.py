@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import dramatiq
 import psycopg
 from psycopg import sql
 
+from services.coordinator.statistics import refresh_statistics
 from services.coordinator.timers import release_timers
 from services.tiles.common import enqueue_step, publish_outbox
 from shared import clock
@@ -38,6 +39,7 @@ class TickReport:
     released: int = 0
     republished: int = 0
     feeding_done: bool = True
+    analyzed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +67,7 @@ def tick(
             report.fed += fed
             report.feeding_done = report.feeding_done and done
         report.republished = republish_outbox(conn, settings.outbox_retry_seconds)
+        report.analyzed = refresh_statistics(conn)
     state.last_tick = time.time()
     state.last_report = report
     return report

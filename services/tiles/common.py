@@ -181,20 +181,8 @@ def enqueue_step(
 ) -> list[tuple]:
     """Create in-progress steps at `tile` and their outbox rows, in one round
     trip; skip contacts that already have a step there, and everyone when
-    the journey is no longer live, since its end stops contacts already."""
-    return start_enqueue(conn, journey_id, version, tile, contacts, now).fetchall()
-
-
-def start_enqueue(
-    conn: psycopg.Connection,
-    journey_id: int,
-    version: int,
-    tile: str,
-    contacts: Sequence[int],
-    now: datetime,
-) -> psycopg.Cursor:
-    """Run enqueue_step's statement and return its cursor unread, so that in
-    pipeline mode the rows arrive with the pipeline's one round trip."""
+    the journey is no longer live, since its end stops contacts already.
+    Returns the outbox rows."""
     params = {
         "journey": journey_id,
         "version": version,
@@ -202,7 +190,7 @@ def start_enqueue(
         "now": now,
         "contacts": list(contacts),
     }
-    return conn.execute(_ENQUEUE, params)
+    return conn.execute(_ENQUEUE, params).fetchall()
 
 
 _ENQUEUE = """

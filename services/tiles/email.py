@@ -2,14 +2,15 @@
 
 A message's contacts are handled as a batch. One transaction reads their
 steps, sends, data and consent, and records every contact that gets no
-email. Then, per contact, one statement takes a session advisory lock on
-(journey, contact) and commits a 'sending' record; the SMTP conversation
-runs; one pipelined transaction records the reply, hands the contact on
-and releases the lock. A crash between the server's acceptance and that
-commit leaves 'sending' behind, and the next delivery marks it
-'unconfirmed' instead of sending again. The lock keeps a duplicate
-message from taking a send in flight for a crashed one. The next tile's
-messages go out once for the whole batch.
+email. Then the emails go out one after the other. Before each SMTP
+conversation one statement takes a session advisory lock on (journey,
+contact) and commits a 'sending' record; the same statement records the
+reply to the email before, hands that contact on, and releases the lock
+of the contact recorded one statement earlier. A crash between the
+server's acceptance and the commit of its record leaves 'sending' behind,
+and the next delivery marks it 'unconfirmed' instead of sending again.
+The lock keeps a duplicate message from taking a send in flight for a
+crashed one. The next tile's messages go out once for the whole batch.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from services.tiles.common import (
     ContactMessage,
     check_tile,
     declare_tile_actor,
+    enqueue_step,
     journey_gate,
     leave_journey,
     publish_outbox,
-    start_enqueue,
     stop_contacts,
 )
 from services.tiles.email_content import (
@@ -112,20 +113,26 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
         plan = load_plan(conn, message.journey_id, message.version)
         check_tile(plan, message, "email")
         batch, context, recipients = _sort_contacts(conn, plan, message)
-        for contact, send_id, previous in batch.to_send:
-            person, address = recipients[contact]
-            result = _send_one(
-                conn,
-                plan,
-                message.tile,
-                contact,
-                send_id,
-                previous,
-                lambda s=send_id, p=person, a=address: render_send(context, p, a, s),
-                final_attempt,
-                batch,
-            )
-            batch.results[result] += 1
+        run = SendRun(conn, plan, message.tile, final_attempt, batch)
+        try:
+            for contact, send_id, previous in batch.to_send:
+                person, address = recipients[contact]
+                result = run.send(
+                    contact,
+                    send_id,
+                    previous,
+                    lambda s=send_id, p=person, a=address: render_send(
+                        context, p, a, s
+                    ),
+                )
+                batch.results[result] += 1
+        finally:
+            try:
+                run.flush()
+            finally:
+                # Also frees a lock that an error left behind, before the
+                # connection goes back to the pool.
+                conn.execute("SELECT pg_advisory_unlock_all()")
         publish_outbox(conn, batch.outbox)
     for result, count in batch.results.items():
         if result not in (Result.SKIPPED, Result.DEFERRED):
@@ -168,7 +175,7 @@ def _sort_contacts(
         context = load_context(conn, plan, tile)
         if context.failure is not None:
             for contact, _, _ in fresh:
-                _finish_now(
+                _finish(
                     conn,
                     plan,
                     tile,
@@ -231,12 +238,10 @@ def _recover(
 ) -> Result:
     """Finish a step whose send record outlived the attempt that made it."""
     if state == "accepted":
-        _finish_now(
-            conn, plan, tile, contact, now, *_STEP_FOR_RESULT[Result.SENT], batch
-        )
+        _finish(conn, plan, tile, contact, now, *_STEP_FOR_RESULT[Result.SENT], batch)
         return Result.SENT
     if state == "rejected":
-        _finish_now(
+        _finish(
             conn, plan, tile, contact, now, *_STEP_FOR_RESULT[Result.BOUNCED], batch
         )
         return Result.BOUNCED
@@ -244,7 +249,7 @@ def _recover(
         "UPDATE sends SET state = 'unconfirmed', finished_at = %s WHERE id = %s",
         (now, send_id),
     )
-    _finish_now(
+    _finish(
         conn,
         plan,
         tile,
@@ -288,102 +293,312 @@ def _refuse(
     failed when the email cannot be made."""
     if reason.startswith("failed:"):
         detail = reason.removeprefix("failed:")
-        _finish_now(conn, plan, tile, contact, now, "failed", None, detail, batch)
+        _finish(conn, plan, tile, contact, now, "failed", None, detail, batch)
         logger.warning(
             "journey %s tile %s contact %s: %s", plan.name, tile, contact, detail
         )
         return Result.FAILED
-    _finish_now(conn, plan, tile, contact, now, "completed", "blocked", reason, batch)
+    _finish(conn, plan, tile, contact, now, "completed", "blocked", reason, batch)
     return Result.BLOCKED
 
 
-def _send_one(
-    conn: psycopg.Connection,
-    plan: JourneyPlan,
-    tile: str,
-    contact: int,
-    send_id: int,
-    previous: str | None,
-    render,  # type: ignore[no-untyped-def]
-    final_attempt: bool,
-    batch: Batch,
-) -> Result:
-    try:
-        prepared: PreparedSend = render()
-    except RenderError as error:
-        with conn.transaction():
-            return _refuse(
-                conn, plan, tile, contact, clock.now(), f"failed:{error}", batch
+@dataclass
+class Reply:
+    """The SMTP server's answer for one contact, not yet recorded."""
+
+    contact: int
+    send_id: int
+    state: str
+    code: int | None
+    text: str
+    result: Result
+
+
+class SendRun:
+    """Sends a batch's emails one after the other over this thread's SMTP
+    connection.
+
+    The reply for one contact is committed in the same transaction as the
+    'sending' record of the next, so each email costs one round trip and one
+    commit. That widens the window in which an accepted email is not yet
+    recorded by the time it takes to render the next email, typically well
+    under a millisecond; a crash inside it leaves 'sending', which the next
+    delivery marks 'unconfirmed' and does not resend, as before.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        plan: JourneyPlan,
+        tile: str,
+        final_attempt: bool,
+        batch: Batch,
+    ) -> None:
+        self.conn = conn
+        self.plan = plan
+        self.tile = tile
+        self.final_attempt = final_attempt
+        self.batch = batch
+        self.pending: Reply | None = None
+        self.recorded_key: int | None = None
+
+    def send(
+        self,
+        contact: int,
+        send_id: int,
+        previous: str | None,
+        render,  # type: ignore[no-untyped-def]
+    ) -> Result:
+        try:
+            prepared: PreparedSend = render()
+        except RenderError as error:
+            self.flush()
+            with self.conn.transaction():
+                return _refuse(
+                    self.conn,
+                    self.plan,
+                    self.tile,
+                    contact,
+                    clock.now(),
+                    f"failed:{error}",
+                    self.batch,
+                )
+        locked, marked = self._commit((contact, send_id, previous, prepared))
+        if not locked:
+            return Result.DEFERRED
+        if not marked:
+            return _unmarked(self.conn, self.plan, self.tile, contact, self.batch)
+        self.pending = self._converse(contact, send_id, prepared)
+        return self.pending.result
+
+    def flush(self) -> None:
+        """Record the last reply, if one is waiting."""
+        if self.pending is not None:
+            self._commit(None)
+
+    def _converse(self, contact: int, send_id: int, prepared: PreparedSend) -> Reply:
+        plan, tile = self.plan, self.tile
+        started = time.perf_counter()
+        try:
+            code, text = smtp_sender().send(
+                prepared.sender_address, prepared.address, prepared.data
             )
-    locked, marked = _lock_and_mark(
-        conn, plan, tile, contact, send_id, previous, prepared
-    )
-    if not locked:
-        return Result.DEFERRED
-    if not marked:
-        return _unmarked(conn, plan, tile, contact, batch)
-    return _send_and_record(
-        conn, plan, tile, contact, send_id, prepared, final_attempt, batch
-    )
+            return Reply(contact, send_id, "accepted", code, text, Result.SENT)
+        except SmtpRejected as error:
+            return Reply(
+                contact, send_id, "rejected", error.code, error.reply, Result.BOUNCED
+            )
+        except SmtpOutcomeUnknown as error:
+            logger.warning(
+                "journey %s tile %s contact %s: %s", plan.name, tile, contact, error
+            )
+            return Reply(
+                contact, send_id, "unconfirmed", None, str(error), Result.UNCONFIRMED
+            )
+        except SmtpTemporaryError as error:
+            logger.warning(
+                "journey %s tile %s contact %s: %s: %s",
+                plan.name,
+                tile,
+                contact,
+                "giving up" if self.final_attempt else "deferred",
+                error,
+            )
+            result = Result.FAILED if self.final_attempt else Result.DEFERRED
+            return Reply(contact, send_id, "deferred", None, str(error), result)
+        finally:
+            observe_smtp(time.perf_counter() - started)
+
+    def _commit(self, mark: tuple | None) -> tuple[bool, bool]:
+        """Run the statement that records the waiting reply, takes the next
+        contact's lock and writes its 'sending' record, and releases the lock
+        of the contact the previous statement recorded. Returns whether the
+        next contact's lock was taken and its record written."""
+        conn, plan = self.conn, self.plan
+        reply, self.pending = self.pending, None
+        params = {
+            "journey": plan.journey_id,
+            "version": plan.version,
+            "tile": self.tile,
+            "now": clock.now(),
+            "unlock_key": self.recorded_key,
+            **(self._reply_params(reply) if reply else _NO_REPLY),
+            **(_mark_params(*mark) if mark else _NO_MARK),
+        }
+        row = conn.execute(_RECORD_AND_MARK, params).fetchone()
+        held, marked, queued = row or (None, None, None)
+        self.recorded_key = None if reply is None else reply.contact % _LOCK_SPACE
+        if reply is not None and queued:
+            self.batch.outbox.extend(
+                (
+                    outbox_id,
+                    plan.journey_id,
+                    plan.version,
+                    params["next_tile"],
+                    reply.contact,
+                )
+                for outbox_id in queued
+            )
+        if mark is None:
+            return True, True
+        if not held:
+            logger.info(
+                "journey %s tile %s contact %s: send in flight elsewhere,"
+                " retrying later",
+                plan.name,
+                self.tile,
+                mark[0],
+            )
+        return bool(held), marked is not None
+
+    def _reply_params(self, reply: Reply) -> dict[str, object]:
+        step = _STEP_FOR_RESULT.get(reply.result)
+        end = _step_end(self.plan, self.tile, *step) if step else _NO_END
+        return {
+            "r_send": reply.send_id,
+            "r_contact": reply.contact,
+            "r_state": reply.state,
+            "r_code": reply.code,
+            "r_text": reply.text[:500],
+            "r_bounced": reply.result is Result.BOUNCED,
+            "step_state": step[0] if step else None,
+            "step_outcome": step[1] if step else None,
+            "step_reason": step[2] if step else None,
+            "next_tile": end.next_tile,
+            "entry_state": end.entry_state,
+            "exit_reason": end.exit_reason,
+        }
 
 
-_LOCK_AND_INSERT = """
-WITH lock AS (SELECT pg_try_advisory_lock(%(journey)s, %(key)s) AS held),
+# One statement, so one round trip and one commit, per email. The parts whose
+# parameters are NULL or false do nothing: without a reply only the mark
+# runs, without a mark only the record. The lock released at the end belongs
+# to the contact recorded by the statement before, which has committed.
+_RECORD_AND_MARK = """
+WITH recorded AS (
+    UPDATE sends SET state = %(r_state)s::text, smtp_code = %(r_code)s::integer,
+        smtp_reply = %(r_text)s::text, finished_at = %(now)s
+    WHERE id = %(r_send)s::bigint
+    RETURNING id),
+bounced AS (
+    UPDATE contacts SET bounced_at = %(now)s
+    WHERE %(r_bounced)s::boolean AND id = %(r_contact)s::bigint
+      AND bounced_at IS NULL
+    RETURNING id),
+finished AS (
+    UPDATE steps SET state = %(step_state)s::text, outcome = %(step_outcome)s::text,
+        reason = %(step_reason)s::text, done_at = %(now)s
+    WHERE %(step_state)s::text IS NOT NULL AND journey_id = %(journey)s::integer
+      AND tile = %(tile)s::text AND contact = %(r_contact)s::bigint
+    RETURNING contact),
+left_journey AS (
+    UPDATE entries SET state = %(entry_state)s::text,
+        reason = %(exit_reason)s::text, left_at = %(now)s
+    WHERE %(entry_state)s::text IS NOT NULL AND journey_id = %(journey)s::integer
+      AND contact = %(r_contact)s::bigint AND state = 'in_progress'
+    RETURNING contact),
+handed AS (
+    INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)
+    SELECT %(journey)s::integer, %(next_tile)s::text, %(r_contact)s::bigint,
+        %(version)s::integer, 'in_progress', %(now)s
+    WHERE %(next_tile)s::text IS NOT NULL
+      AND EXISTS (SELECT 1 FROM journeys WHERE id = %(journey)s::integer
+                  AND status = 'live' AND end_at > %(now)s)
+    ON CONFLICT DO NOTHING RETURNING contact),
+queued AS (
+    INSERT INTO outbox (journey_id, version, tile, contact)
+    SELECT %(journey)s::integer, %(version)s::integer, %(next_tile)s::text, contact
+    FROM handed
+    RETURNING id),
+lock AS (
+    SELECT pg_try_advisory_lock(%(journey)s::integer, %(m_key)s::integer) AS held
+    WHERE %(m_key)s::integer IS NOT NULL),
 marked AS (
     INSERT INTO sends (id, journey_id, tile, contact, address, state, message_id,
                        links, started_at)
-    SELECT %(id)s, %(journey)s, %(tile)s, %(contact)s, %(address)s, 'sending',
-           %(message_id)s, %(links)s, %(now)s
-    FROM lock WHERE lock.held
-    ON CONFLICT DO NOTHING RETURNING id)
-SELECT (SELECT held FROM lock), (SELECT id FROM marked)
-"""
-
-_LOCK_AND_RETRY = """
-WITH lock AS (SELECT pg_try_advisory_lock(%(journey)s, %(key)s) AS held),
-marked AS (
+    SELECT %(m_id)s::bigint, %(journey)s::integer, %(tile)s::text,
+        %(m_contact)s::bigint, %(address)s::text, 'sending',
+        %(message_id)s::text, %(links)s::jsonb, %(now)s
+    FROM lock WHERE lock.held AND NOT %(retry)s::boolean
+    ON CONFLICT DO NOTHING RETURNING id),
+remarked AS (
     UPDATE sends SET state = 'sending', attempts = attempts + 1,
-        message_id = %(message_id)s, links = %(links)s, started_at = %(now)s
-    FROM lock WHERE lock.held AND id = %(id)s AND state = 'deferred'
-    RETURNING id)
-SELECT (SELECT held FROM lock), (SELECT id FROM marked)
+        message_id = %(message_id)s::text, links = %(links)s::jsonb,
+        started_at = %(now)s
+    FROM lock WHERE lock.held AND %(retry)s::boolean
+      AND id = %(m_id)s::bigint AND state = 'deferred'
+    RETURNING sends.id),
+released AS (
+    SELECT pg_advisory_unlock(%(journey)s::integer, %(unlock_key)s::integer)
+    WHERE %(unlock_key)s::integer IS NOT NULL)
+SELECT (SELECT held FROM lock),
+       (SELECT id FROM marked UNION ALL SELECT id FROM remarked LIMIT 1),
+       (SELECT array_agg(id ORDER BY id) FROM queued)
+FROM (SELECT count(*) FROM released) AS unlocked
 """
 
+_NO_REPLY: dict[str, object] = dict.fromkeys(
+    (
+        "r_send",
+        "r_contact",
+        "r_state",
+        "r_code",
+        "r_text",
+        "step_state",
+        "step_outcome",
+        "step_reason",
+        "next_tile",
+        "entry_state",
+        "exit_reason",
+    )
+) | {"r_bounced": False}
 
-def _lock_and_mark(
-    conn: psycopg.Connection,
-    plan: JourneyPlan,
-    tile: str,
-    contact: int,
-    send_id: int,
-    previous: str | None,
-    prepared: PreparedSend,
-) -> tuple[bool, bool]:
-    """Take the contact's lock and commit 'sending' in one round trip; return
-    whether the lock was taken and whether the record was written."""
-    row = conn.execute(
-        _LOCK_AND_RETRY if previous == "deferred" else _LOCK_AND_INSERT,
-        {
-            "journey": plan.journey_id,
-            "key": contact % _LOCK_SPACE,
-            "id": send_id,
-            "tile": tile,
-            "contact": contact,
-            "address": prepared.address,
-            "message_id": prepared.message_id,
-            "links": Jsonb(prepared.links),
-            "now": clock.now(),
-        },
-    ).fetchone()
-    locked, marked = row or (False, None)
-    if not locked:
-        logger.info(
-            "journey %s tile %s contact %s: send in flight elsewhere, retrying later",
-            plan.name,
-            tile,
-            contact,
-        )
-    return bool(locked), marked is not None
+_NO_MARK: dict[str, object] = dict.fromkeys(
+    ("m_key", "m_id", "m_contact", "address", "message_id", "links")
+) | {"retry": False}
+
+
+def _mark_params(
+    contact: int, send_id: int, previous: str | None, prepared: PreparedSend
+) -> dict[str, object]:
+    return {
+        "m_key": contact % _LOCK_SPACE,
+        "m_id": send_id,
+        "m_contact": contact,
+        "address": prepared.address,
+        "message_id": prepared.message_id,
+        "links": Jsonb(prepared.links),
+        "retry": previous == "deferred",
+    }
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """Where a contact goes when its email step is over: on to the next tile,
+    or out of the journey with an entry state and reason."""
+
+    next_tile: str | None = None
+    entry_state: str | None = None
+    exit_reason: str | None = None
+
+
+_NO_END = StepEnd()
+
+
+def _step_end(
+    plan: JourneyPlan, tile: str, state: str, outcome: str | None, reason: str | None
+) -> StepEnd:
+    if state == "completed" and outcome == "sent":
+        following = plan.after(tile)
+        if following is None:
+            return StepEnd(entry_state="completed")
+        return StepEnd(next_tile=following)
+    # The entry keeps the kind of exit; the step keeps the detail.
+    if outcome == "bounced":
+        return StepEnd(entry_state="left", exit_reason="bounced")
+    if state == "failed":
+        return StepEnd(entry_state="left", exit_reason="failed")
+    return StepEnd(entry_state="left", exit_reason=reason or outcome or state)
 
 
 def _unmarked(
@@ -407,83 +622,6 @@ def _unmarked(
         _unlock(conn, plan.journey_id, contact)
 
 
-def _send_and_record(
-    conn: psycopg.Connection,
-    plan: JourneyPlan,
-    tile: str,
-    contact: int,
-    send_id: int,
-    prepared: PreparedSend,
-    final_attempt: bool,
-    batch: Batch,
-) -> Result:
-    started = time.perf_counter()
-    try:
-        code, reply = smtp_sender().send(
-            prepared.sender_address, prepared.address, prepared.data
-        )
-        state, result = "accepted", Result.SENT
-    except SmtpRejected as error:
-        code, reply, state, result = error.code, error.reply, "rejected", Result.BOUNCED
-    except SmtpOutcomeUnknown as error:
-        logger.warning(
-            "journey %s tile %s contact %s: %s", plan.name, tile, contact, error
-        )
-        code, reply, state, result = None, str(error), "unconfirmed", Result.UNCONFIRMED
-    except SmtpTemporaryError as error:
-        code, reply, state = None, str(error), "deferred"
-        result = Result.FAILED if final_attempt else Result.DEFERRED
-        logger.warning(
-            "journey %s tile %s contact %s: %s: %s",
-            plan.name,
-            tile,
-            contact,
-            "giving up" if final_attempt else "deferred",
-            error,
-        )
-    finally:
-        observe_smtp(time.perf_counter() - started)
-    _record(conn, plan, tile, contact, send_id, state, code, reply, result, batch)
-    return result
-
-
-def _record(
-    conn: psycopg.Connection,
-    plan: JourneyPlan,
-    tile: str,
-    contact: int,
-    send_id: int,
-    send_state: str,
-    code: int | None,
-    reply: str,
-    result: Result,
-    batch: Batch,
-) -> None:
-    """Store the SMTP reply and the step's outcome, hand the contact on and
-    release its lock, all in one round trip."""
-    now = clock.now()
-    enqueued = None
-    with conn.pipeline():
-        with conn.transaction():
-            conn.execute(
-                "UPDATE sends SET state = %s, smtp_code = %s, smtp_reply = %s,"
-                " finished_at = %s WHERE id = %s",
-                (send_state, code, reply[:500], now, send_id),
-            )
-            if result is Result.BOUNCED:
-                conn.execute(
-                    "UPDATE contacts SET bounced_at = %s"
-                    " WHERE id = %s AND bounced_at IS NULL",
-                    (now, contact),
-                )
-            if result in _STEP_FOR_RESULT:
-                step = _STEP_FOR_RESULT[result]
-                enqueued = _finish(conn, plan, tile, contact, now, *step)
-        _unlock(conn, plan.journey_id, contact)
-    if enqueued is not None:
-        batch.outbox.extend(enqueued.fetchall())
-
-
 def _finish(
     conn: psycopg.Connection,
     plan: JourneyPlan,
@@ -493,54 +631,26 @@ def _finish(
     state: str,
     outcome: str | None,
     reason: str | None,
-) -> psycopg.Cursor | None:
-    """Set the step's final state; hand a sent contact on, and take any other
-    out of the journey. A step that the journey's end stopped while the email
-    was in flight still records that it was sent.
-
-    Returns the cursor of the next tile's outbox rows, if any, for the caller
-    to read into the batch, which in pipeline mode can only happen after
-    the pipeline's sync.
-    """
+    batch: Batch,
+) -> None:
+    """Set the step's final state; hand a sent contact on, adding the next
+    tile's outbox rows to the batch, and take any other out of the journey."""
     conn.execute(
         "UPDATE steps SET state = %s, outcome = %s, reason = %s, done_at = %s"
         " WHERE journey_id = %s AND tile = %s AND contact = %s",
         (state, outcome, reason, now, plan.journey_id, tile, contact),
     )
-    if state == "completed" and outcome == "sent":
-        following = plan.after(tile)
-        if following is None:
-            leave_journey(conn, plan.journey_id, [contact], "completed", None, now)
-            return None
-        return start_enqueue(
-            conn, plan.journey_id, plan.version, following, [contact], now
+    end = _step_end(plan, tile, state, outcome, reason)
+    if end.next_tile is not None:
+        batch.outbox.extend(
+            enqueue_step(
+                conn, plan.journey_id, plan.version, end.next_tile, [contact], now
+            )
         )
-    # The entry keeps the kind of exit; the step keeps the detail.
-    if outcome == "bounced":
-        exit_reason = "bounced"
-    elif state == "failed":
-        exit_reason = "failed"
-    else:
-        exit_reason = reason or outcome or state
-    leave_journey(conn, plan.journey_id, [contact], "left", exit_reason, now)
-    return None
-
-
-def _finish_now(
-    conn: psycopg.Connection,
-    plan: JourneyPlan,
-    tile: str,
-    contact: int,
-    now: datetime,
-    state: str,
-    outcome: str | None,
-    reason: str | None,
-    batch: Batch,
-) -> None:
-    """_finish outside a pipeline: read the outbox rows at once."""
-    cursor = _finish(conn, plan, tile, contact, now, state, outcome, reason)
-    if cursor is not None:
-        batch.outbox.extend(cursor.fetchall())
+    elif end.entry_state is not None:
+        leave_journey(
+            conn, plan.journey_id, [contact], end.entry_state, end.exit_reason, now
+        )
 
 
 def _unlock(conn: psycopg.Connection, journey_id: int, contact: int) -> None:
