@@ -174,11 +174,13 @@ class SmtpSender:
         self._drop()
 
     def _envelope(self, connection: smtplib.SMTP, sender: str, recipient: str) -> None:
-        code, reply = connection.mail(sender)
+        # Both addresses passed normalize_address or split_sender, so they go
+        # out as they are; smtplib's mail() and rcpt() would parse them again.
+        code, reply = connection.docmd("mail", f"FROM:<{sender}>")
         if code != 250:
             connection.rset()
             self._judge(connection, code, reply)
-        code, reply = connection.rcpt(recipient)
+        code, reply = connection.docmd("rcpt", f"TO:<{recipient}>")
         if code not in (250, 251):
             connection.rset()
             self._judge(connection, code, reply)

@@ -71,7 +71,7 @@ def verify(secret: bytes, token: str) -> TokenClaims:
 
 
 def _signature(secret: bytes, payload: bytes) -> bytes:
-    return hmac.new(secret, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+    return hmac.digest(secret, payload, hashlib.sha256)[:_SIGNATURE_BYTES]
 
 
 def _encode(raw: bytes) -> str:

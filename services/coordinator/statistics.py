@@ -1,11 +1,12 @@
 """Planner statistics for the tables a live journey fills.
 
-A journey can grow the step, entry and send tables from nothing to
+A contacts import or a live journey can grow these tables from nothing to
 hundreds of thousands of rows in a minute, faster than autovacuum's
 default analyze, which waits for its one-minute nap. Until then
-PostgreSQL plans from an empty table and picks plans that scan every
-in-progress step of a tile for each batch of contacts. On a 5,000-contact
-run those scans took most of the database's CPU. Each tick the
+PostgreSQL plans from an empty table: it scanned every in-progress step
+of a tile for each batch of contacts, and every entry of the journey for
+each page the coordinator fed. On a 5,000-contact run those scans took
+most of the database's CPU. Each tick the
 coordinator therefore analyzes any of these tables that changed by more
 than a fifth since its last analyze, which also makes prepared statements
 plan again.
@@ -20,7 +21,16 @@ from psycopg import sql
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("entries", "steps", "sends", "outbox", "timers", "interactions")
+TABLES = (
+    "contacts",
+    "segment_members",
+    "entries",
+    "steps",
+    "sends",
+    "outbox",
+    "timers",
+    "interactions",
+)
 
 # Changed rows that make a table's statistics stale: a floor, so that small
 # tables are left alone, plus a share of the live rows.
