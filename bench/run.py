@@ -55,6 +55,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=8, help="threads per worker process"
     )
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="measure E, latency, CPU and memory only; for the large memory runs",
+    )
     parser.add_argument("--json", type=Path, help="file to write the results to")
     parser.add_argument(
         "--markdown", type=Path, help="file to write a Markdown table to"
@@ -66,15 +71,19 @@ def main() -> None:
         work = Path(folder)
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
         engine = measure_engine(work, args.contacts, args.processes, args.threads)
-        print(
-            f"S: {args.contacts} pre-rendered emails "
-            f"over {connections} connections ...",
-            flush=True,
-        )
-        smtp = smtp_ceiling(work, args.contacts, connections, start_sink)
-        print(f"B: {args.contacts} persistent messages with confirms ...", flush=True)
-        with scratch_vhost() as broker_url:
-            broker = broker_ceiling(broker_url, args.contacts)
+        smtp = broker = None
+        if not args.engine_only:
+            print(
+                f"S: {args.contacts} pre-rendered emails "
+                f"over {connections} connections ...",
+                flush=True,
+            )
+            smtp = smtp_ceiling(work, args.contacts, connections, start_sink)
+            print(
+                f"B: {args.contacts} persistent messages with confirms ...", flush=True
+            )
+            with scratch_vhost() as broker_url:
+                broker = broker_ceiling(broker_url, args.contacts)
 
     results = summarise(args, engine, smtp, broker)
     print(json.dumps(results, indent=2))
@@ -158,8 +167,9 @@ def _run_engine(folder, url, group, out, count, workers, threads) -> dict[str, A
         # Poll the sink's file, which costs the database nothing, and confirm
         # in the database once the sink has every email.
         received = _LineCounter(out)
+        progress = _Progress(count, started)
         wait_until(
-            lambda: received.count() >= count and _all_sent(conn, count),
+            lambda: progress.show(received.count()) >= count and _all_sent(conn, count),
             3600,
             interval=0.2,
             what="every email sent",
@@ -196,6 +206,27 @@ def _now():  # type: ignore[no-untyped-def]
     from shared import clock
 
     return clock.now()
+
+
+class _Progress:
+    """Prints how many emails the sink has received, every ten seconds."""
+
+    def __init__(self, total: int, started: float) -> None:
+        self.total = total
+        self.started = started
+        self.shown = started
+
+    def show(self, received: int) -> int:
+        now = time.monotonic()
+        if now - self.shown >= 10:
+            self.shown = now
+            elapsed = now - self.started
+            print(
+                f"  {received:,} of {self.total:,} emails received after"
+                f" {elapsed:.0f} s, {received / elapsed:.0f}/s",
+                flush=True,
+            )
+        return received
 
 
 class _LineCounter:
@@ -236,10 +267,10 @@ def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-
         "worker_processes": args.processes,
         "threads_per_process": args.threads,
         "e_per_s": round(engine["per_second"], 1),
-        "s_per_s": round(smtp, 1),
-        "b_per_s": round(broker, 1),
-        "e_over_s": round(engine["per_second"] / smtp, 3),
-        "e_over_b": round(engine["per_second"] / broker, 3),
+        "s_per_s": _rounded(smtp, 1),
+        "b_per_s": _rounded(broker, 1),
+        "e_over_s": _rounded(smtp and engine["per_second"] / smtp, 3),
+        "e_over_b": _rounded(broker and engine["per_second"] / broker, 3),
         "duplicates": len(received) - len(set(received)),
         "missing": len(expected - set(received)),
         "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
@@ -253,6 +284,11 @@ def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-
             f"Python {platform.python_version()}"
         ),
     }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """Round a baseline figure; None when the run skipped the baselines."""
+    return None if value is None else round(value, digits)
 
 
 def markdown(results: dict[str, Any]) -> str:

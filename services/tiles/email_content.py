@@ -43,18 +43,24 @@ class PreparedSend:
 
 
 class _CompiledCache:
-    """Compiled templates by (email name, revision); a new revision compiles anew."""
+    """The compiled template of each email's live revision.
+
+    One entry per email name, compiled anew when the revision or the content
+    differs from the one cached, so it cannot grow with revisions nor serve
+    a template that a database reset gave an old revision number.
+    """
 
     def __init__(self) -> None:
-        self._items: dict[tuple[str, int], CompiledEmail] = {}
+        self._items: dict[str, tuple[int, Email, CompiledEmail]] = {}
         self._lock = threading.Lock()
 
     def get(self, email: Email, revision: int) -> CompiledEmail:
-        key = (email.name, revision)
         with self._lock:
-            if key not in self._items:
-                self._items[key] = CompiledEmail(email)
-            return self._items[key]
+            cached = self._items.get(email.name)
+            if cached is None or cached[0] != revision or cached[1] != email:
+                cached = (revision, email, CompiledEmail(email))
+                self._items[email.name] = cached
+            return cached[2]
 
 
 _compiled = _CompiledCache()
