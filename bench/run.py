@@ -287,7 +287,7 @@ def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
-    """Round a baseline figure; None when the run skipped the baselines."""
+    """Round a baseline figure, or return None when the run skipped it."""
     return None if value is None else round(value, digits)
 
 

@@ -43,8 +43,8 @@ def get_pool() -> ConnectionPool:
 
 
 def _configure(conn: psycopg.Connection) -> None:
-    """Turn off JIT compilation for the engine's sessions: its statements are
-    short, and a misestimated one can spend 100 ms compiling."""
+    """Turn off JIT compilation for the engine's sessions, because their
+    statements are short and compiling a misestimated one can take 100 ms."""
     conn.execute("SET jit = off")
 
 

@@ -118,29 +118,23 @@ def _rate(part: int, whole: int) -> float | None:
 def _branch_counts(
     conn: psycopg.Connection, journey_id: int, tile: Any
 ) -> dict[str, Any]:
-    rows: dict[str, int] = dict(
-        conn.execute(
-            "SELECT outcome, count(*) FROM steps WHERE journey_id = %s AND tile = %s"
-            " AND state = 'completed' GROUP BY outcome",
-            (journey_id, tile.id),
-        ).fetchall()
-    )
-    entered = conn.execute(
-        "SELECT count(*) FROM steps WHERE journey_id = %s AND tile = %s",
+    # One pass over the tile's steps, which the primary key finds.
+    by_state = conn.execute(
+        "SELECT state, outcome, count(*) FROM steps"
+        " WHERE journey_id = %s AND tile = %s GROUP BY state, outcome",
         (journey_id, tile.id),
-    ).fetchone()
+    ).fetchall()
+    rows = {
+        outcome: count for state, outcome, count in by_state if state == "completed"
+    }
     names = [name for name, _ in branches_of(tile)]
     return {
         "id": tile.id,
         "type": tile.type,
-        "entered": int(entered[0]) if entered else 0,
+        "entered": sum(int(count) for _, _, count in by_state),
         "branches": {name: int(rows.get(name, 0)) for name in names},
-        "waiting": int(
-            conn.execute(
-                "SELECT count(*) FROM steps"
-                " WHERE journey_id = %s AND tile = %s AND state = 'in_progress'",
-                (journey_id, tile.id),
-            ).fetchone()[0]  # type: ignore[index]
+        "waiting": sum(
+            int(count) for state, _, count in by_state if state == "in_progress"
         ),
         "left": int(rows.get("left", 0)),
     }

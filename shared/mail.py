@@ -47,12 +47,18 @@ class Envelope:
 
 
 def normalize_address(address: str) -> str | None:
-    """Return the address in its normal form, or None when it is not valid."""
+    """Return the address in the ASCII form that SMTP carries without the
+    SMTPUTF8 extension, with an internationalised domain in its IDNA form.
+
+    Returns None when the address is invalid, or when its local part is not
+    ASCII: the sender does not use SMTPUTF8, so such an address cannot be
+    sent to.
+    """
     try:
         checked = validate_email(address, check_deliverability=False)
     except EmailNotValidError:
         return None
-    return checked.normalized
+    return checked.ascii_email
 
 
 def split_sender(sender: str) -> tuple[str, str]:
@@ -174,8 +180,10 @@ class SmtpSender:
         self._drop()
 
     def _envelope(self, connection: smtplib.SMTP, sender: str, recipient: str) -> None:
-        # Both addresses passed normalize_address or split_sender, so they go
-        # out as they are; smtplib's mail() and rcpt() would parse them again.
+        # The recipient passed normalize_address and the sender's definition
+        # was checked when it loaded, so both go out as they are. smtplib's
+        # mail() and rcpt() would parse them again, and its putcmd still
+        # rejects a line break.
         code, reply = connection.docmd("mail", f"FROM:<{sender}>")
         if code != 250:
             connection.rset()

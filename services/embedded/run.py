@@ -133,11 +133,11 @@ def _progress_counts(
     """Return the contacts that entered and those still moving; a contact
     held by a wait or condition timer is not moving until it falls due."""
     row = conn.execute(
-        "SELECT (SELECT count(*) FROM entries WHERE journey_id = ANY(%s)),"
-        " (SELECT count(*) FROM entries e WHERE e.journey_id = ANY(%s)"
-        "  AND e.state = 'in_progress' AND NOT EXISTS (SELECT 1 FROM timers t"
-        "  WHERE t.journey_id = e.journey_id AND t.contact = e.contact))",
-        (journey_ids, journey_ids),
+        "SELECT count(*), count(*) FILTER (WHERE e.state = 'in_progress'"
+        "  AND NOT EXISTS (SELECT 1 FROM timers t"
+        "  WHERE t.journey_id = e.journey_id AND t.contact = e.contact))"
+        " FROM entries e WHERE e.journey_id = ANY(%s)",
+        (journey_ids,),
     ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 

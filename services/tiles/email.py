@@ -112,9 +112,10 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
     with get_pool().connection() as conn:
         plan = load_plan(conn, message.journey_id, message.version)
         check_tile(plan, message, "email")
-        batch, context, recipients = _sort_contacts(conn, plan, message)
-        run = SendRun(conn, plan, message.tile, final_attempt, batch)
+        run: SendRun | None = None
         try:
+            batch, context, recipients = _sort_contacts(conn, plan, message)
+            run = SendRun(conn, plan, message.tile, final_attempt, batch)
             for contact, send_id, previous in batch.to_send:
                 person, address = recipients[contact]
                 result = run.send(
@@ -128,7 +129,8 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
                 batch.results[result] += 1
         finally:
             try:
-                run.flush()
+                if run is not None:
+                    run.flush()
             finally:
                 # Also frees a lock that an error left behind, before the
                 # connection goes back to the pool.
@@ -245,10 +247,22 @@ def _recover(
             conn, plan, tile, contact, now, *_STEP_FOR_RESULT[Result.BOUNCED], batch
         )
         return Result.BOUNCED
-    conn.execute(
-        "UPDATE sends SET state = 'unconfirmed', finished_at = %s WHERE id = %s",
-        (now, send_id),
-    )
+    if state == "sending":
+        marked = conn.execute(
+            "UPDATE sends SET state = 'unconfirmed', finished_at = %s"
+            " WHERE id = %s AND state = 'sending' RETURNING id",
+            (now, send_id),
+        ).fetchone()
+        if marked is None:
+            # The sender recorded its reply after this transaction read
+            # 'sending' and before it took the lock. This statement sees it.
+            found = conn.execute(
+                "SELECT state FROM sends WHERE id = %s", (send_id,)
+            ).fetchone()
+            current = found[0] if found else "deferred"
+            if current in ("sending", "deferred"):
+                return Result.DEFERRED  # a retry of this message sends it
+            return _recover(conn, plan, tile, contact, send_id, current, now, batch)
     _finish(
         conn,
         plan,
@@ -372,7 +386,8 @@ class SendRun:
         return self.pending.result
 
     def flush(self) -> None:
-        """Record the last reply, if one is waiting."""
+        """Record the reply still waiting, if any: the last one of the batch,
+        or one whose statement failed."""
         if self.pending is not None:
             self._commit(None)
 
@@ -415,7 +430,7 @@ class SendRun:
         of the contact the previous statement recorded. Returns whether the
         next contact's lock was taken and its record written."""
         conn, plan = self.conn, self.plan
-        reply, self.pending = self.pending, None
+        reply = self.pending
         params = {
             "journey": plan.journey_id,
             "version": plan.version,
@@ -426,6 +441,9 @@ class SendRun:
             **(_mark_params(*mark) if mark else _NO_MARK),
         }
         row = conn.execute(_RECORD_AND_MARK, params).fetchone()
+        # Only now is the reply recorded: after a failed statement flush()
+        # records it again, on its own.
+        self.pending = None
         held, marked, queued = row or (None, None, None)
         self.recorded_key = None if reply is None else reply.contact % _LOCK_SPACE
         if reply is not None and queued:
@@ -474,6 +492,9 @@ class SendRun:
 # parameters are NULL or false do nothing: without a reply only the mark
 # runs, without a mark only the record. The lock released at the end belongs
 # to the contact recorded by the statement before, which has committed.
+# left_journey reads finished so that the step row is locked before the
+# entry row, in the order end_journey and stop_contacts lock them; in the
+# other order the two deadlock.
 _RECORD_AND_MARK = """
 WITH recorded AS (
     UPDATE sends SET state = %(r_state)s::text, smtp_code = %(r_code)s::integer,
@@ -495,7 +516,7 @@ left_journey AS (
     UPDATE entries SET state = %(entry_state)s::text,
         reason = %(exit_reason)s::text, left_at = %(now)s
     WHERE %(entry_state)s::text IS NOT NULL AND journey_id = %(journey)s::integer
-      AND contact = %(r_contact)s::bigint AND state = 'in_progress'
+      AND contact IN (SELECT contact FROM finished) AND state = 'in_progress'
     RETURNING contact),
 handed AS (
     INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)

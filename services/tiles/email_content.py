@@ -3,6 +3,7 @@ with signed unsubscribe, open and click links of this send."""
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import threading
@@ -134,7 +135,7 @@ def _render(
     send_id: int,
 ) -> PreparedSend:
     secret = get_settings().secret_key.get_secret_value().encode()
-    sender_name, sender_address = split_sender(email.from_ or settings.sender)
+    sender_name, sender_address = _sender(email.from_ or settings.sender)
     token = sign(secret, "unsubscribe", send_id)
     separator = "&" if "?" in settings.subscription_center_url else "?"
     unsubscribe_url = f"{settings.subscription_center_url}{separator}token={token}"
@@ -162,6 +163,14 @@ def _render(
     )
     message_id, data = build_message(envelope, rendered.with_html(tracked_html))
     return PreparedSend(address, message_id, data, sender_address, links)
+
+
+@functools.lru_cache(maxsize=64)
+def _sender(sender: str) -> tuple[str, str]:
+    """Return the display name and the ASCII address of a 'Name <address>'
+    sender, whose check at go-live made sure the address is valid."""
+    name, address = split_sender(sender)
+    return name, normalize_address(address) or address
 
 
 def track_links(

@@ -4,8 +4,11 @@ SMTP sink on loopback: each reply is committed with the next contact's
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import yaml
 
@@ -14,9 +17,11 @@ from services.tiles import actors  # noqa: F401  (the stub broker needs the acto
 from services.tiles import email as email_tile
 from services.tiles.audience import run_audience
 from services.tiles.common import ContactMessage
-from services.tiles.email import Result, run_email
+from services.tiles.email import Batch, Reply, Result, SendRun, _recover, run_email
+from services.tiles.plan import load_plan
 from shared.config import get_settings
 from shared.contacts import import_contacts
+from shared.db import get_pool
 from shared.golive import go_live_paths
 from tests.support import (
     HTML,
@@ -104,8 +109,8 @@ def test_every_reply_recorded_and_no_lock_left(db, sink_settings, tmp_path):
 def test_render_failure_between_sends_keeps_the_reply_before(
     db, sink_settings, tmp_path
 ):
-    """Anna's reply waits to be committed with Bob's 'sending' record; Bob's
-    email fails to render, and Anna's reply is recorded before Bob's failure."""
+    """Anna's reply waits to be committed with Bob's 'sending' record. Bob's
+    email fails to render, and Anna's reply is still recorded."""
     html = HTML + "<p>{{ 12 // (contact.firstname | length - 3) }}</p>"
     journey_id, version, contacts = _live_journey(db, tmp_path, html)
 
@@ -136,3 +141,96 @@ def test_render_failure_between_sends_keeps_the_reply_before(
     ).fetchone()[0]
     assert "ZeroDivisionError" in reason
     assert _advisory_locks(db) == 0
+
+
+def test_reply_record_waits_for_journey_end_without_deadlock(
+    db, database_url, sink_settings, tmp_path
+):
+    """The end of a journey locks a contact's step, then its entry. Recording
+    the reply of the journey's last email locks them in the same order, so it
+    waits for the end instead of deadlocking with it."""
+    journey_id, version, contacts = _live_journey(db, tmp_path, HTML)
+    contact = contacts[0]
+    send_id = db.execute(
+        "INSERT INTO sends (journey_id, tile, contact, address, state, started_at)"
+        " VALUES (%s, 'send-hello', %s, 'anna@example.com', 'sending', now())"
+        " RETURNING id",
+        (journey_id, contact),
+    ).fetchone()[0]
+
+    errors: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            with get_pool().connection() as conn:
+                plan = load_plan(conn, journey_id, version)
+                run = SendRun(conn, plan, "send-hello", False, Batch())
+                run.pending = Reply(
+                    contact, send_id, "accepted", 250, "OK", Result.SENT
+                )
+                run.flush()
+        except BaseException as error:  # reported by the assert below
+            errors.append(error)
+
+    with psycopg.connect(database_url) as ending:
+        ending.execute(
+            "UPDATE steps SET state = 'stopped', reason = 'journey_ended'"
+            " WHERE journey_id = %s AND tile = 'send-hello' AND contact = %s",
+            (journey_id, contact),
+        )
+        recorder = threading.Thread(target=record)
+        recorder.start()
+        time.sleep(1)  # the recorder now waits for the step row
+        ending.execute(
+            "UPDATE entries SET state = 'stopped', reason = 'journey_ended'"
+            " WHERE journey_id = %s AND contact = %s AND state = 'in_progress'",
+            (journey_id, contact),
+        )
+        ending.commit()
+    recorder.join(30)
+
+    assert not recorder.is_alive()
+    assert errors == []
+    state = db.execute("SELECT state FROM sends WHERE id = %s", (send_id,))
+    assert state.fetchone() == ("accepted",)
+    step = db.execute(
+        "SELECT state, outcome FROM steps WHERE tile = 'send-hello' AND contact = %s",
+        (contact,),
+    )
+    assert step.fetchone() == ("completed", "sent")
+
+
+def test_recovery_keeps_a_reply_recorded_since(db, sink_settings, tmp_path):
+    """A duplicate message read 'sending', but by the time it holds the lock
+    the sender has recorded a 4xx deferral. The deferral stays, and the
+    contact is retried instead of being marked unconfirmed."""
+    journey_id, version, contacts = _live_journey(db, tmp_path, HTML)
+    contact = contacts[0]
+    send_id = db.execute(
+        "INSERT INTO sends (journey_id, tile, contact, address, state, started_at)"
+        " VALUES (%s, 'send-hello', %s, 'anna@example.com', 'deferred', now())"
+        " RETURNING id",
+        (journey_id, contact),
+    ).fetchone()[0]
+
+    with get_pool().connection() as conn, conn.transaction():
+        plan = load_plan(conn, journey_id, version)
+        result = _recover(
+            conn,
+            plan,
+            "send-hello",
+            contact,
+            send_id,
+            "sending",
+            datetime.now(UTC),
+            Batch(),
+        )
+
+    assert result is Result.DEFERRED
+    state = db.execute("SELECT state FROM sends WHERE id = %s", (send_id,))
+    assert state.fetchone() == ("deferred",)
+    step = db.execute(
+        "SELECT state FROM steps WHERE tile = 'send-hello' AND contact = %s",
+        (contact,),
+    )
+    assert step.fetchone() == ("in_progress",)

@@ -134,6 +134,8 @@ def test_non_ascii_subject_encoded() -> None:
         ("eve.@example.com", None),
         ("eve@localhost", None),
         ("", None),
+        ("User@Bücher.de", "User@xn--bcher-kva.de"),
+        ("jürgen@example.com", None),
     ],
     ids=[
         "valid",
@@ -144,6 +146,8 @@ def test_non_ascii_subject_encoded() -> None:
         "trailing-dot",
         "no-tld",
         "empty",
+        "unicode-domain-as-idna",
+        "unicode-local-part",
     ],
 )
 def test_normalize_address(address: str, expected: str | None) -> None:
