@@ -34,15 +34,17 @@ TABLES = (
 )
 
 # Changed rows that make a table's statistics stale: a floor, so that small
-# tables are left alone, plus a share of the live rows.
+# tables are left alone, plus a share of the rows at the last analyze.
 STALE_ROWS = 1_000
 STALE_SHARE = 0.2
 
+# The same test as autovacuum's, on the row count of the last analyze
+# (reltuples, -1 when unknown, as after TRUNCATE).
 _STALE_TABLES = """
-SELECT relname FROM pg_stat_user_tables
-WHERE schemaname = current_schema() AND relname = ANY(%s)
-  AND n_mod_since_analyze > %s + %s * greatest(n_live_tup, 0)
-ORDER BY relname
+SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema() AND s.relname = ANY(%s)
+  AND s.n_mod_since_analyze > %s + %s * greatest(c.reltuples, 0)
+ORDER BY s.relname
 """
 
 
