@@ -49,8 +49,15 @@ from tests.support import (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contacts", type=int, default=20_000)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    parser.add_argument(
+        "--contacts",
+        type=int,
+        default=20_000,
+        help="contacts to send to, and emails and messages for the baselines",
+    )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument(
         "--threads", type=int, default=8, help="threads per worker process"
@@ -179,8 +186,7 @@ def _run_engine(folder, url, group, out, count, workers, threads) -> dict[str, A
             _cpu_seconds(pid) for pid in [*tree_pids(worker.pid), coordinator.pid]
         )
         memory = {"coordinator": round(rss_peak_mb(coordinator.pid), 1)}
-        for index, pid in enumerate(tree_pids(worker.pid)):
-            memory[f"worker-{index}"] = round(rss_peak_mb(pid), 1)
+        memory.update(_worker_memory(worker.pid, workers))
         latencies = [float(row[0]) for row in conn.execute(_LATENCY)]
     time.sleep(1)
     received = _lines(out)
@@ -200,6 +206,18 @@ JOIN steps a ON a.journey_id = s.journey_id AND a.tile = 'audience'
     AND a.contact = s.contact
 WHERE s.state = 'accepted'
 """
+
+
+def _worker_memory(parent: int, workers: int) -> dict[str, float]:
+    """Peak RSS of Dramatiq's parent process, its worker processes and its
+    metrics exporter. Dramatiq starts the worker processes before the
+    exporter, so they have the lower process ids."""
+    children = sorted(pid for pid in tree_pids(parent) if pid != parent)
+    memory = {"dramatiq-parent": round(rss_peak_mb(parent), 1)}
+    for index, pid in enumerate(children):
+        role = f"worker-{index + 1}" if index < workers else "metrics-exporter"
+        memory[role] = round(rss_peak_mb(pid), 1)
+    return memory
 
 
 def _now():  # type: ignore[no-untyped-def]
@@ -312,7 +330,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("machine", results["machine"]),
     ]
     return "| measure | value |\n|---|---|\n" + "".join(
-        f"| {k} | {v} |\n" for k, v in rows
+        f"| {k} | {'not measured' if v is None else v} |\n" for k, v in rows
     )
 
 

@@ -6,10 +6,10 @@ default analyze, which waits for its one-minute nap. Until then
 PostgreSQL plans from an empty table: it scanned every in-progress step
 of a tile for each batch of contacts, and every entry of the journey for
 each page the coordinator fed. On a 5,000-contact run those scans took
-most of the database's CPU. Each tick the
-coordinator therefore analyzes any of these tables that changed by more
-than a fifth since its last analyze, which also makes prepared statements
-plan again.
+most of the database's CPU. Each tick the coordinator therefore analyzes
+any of these tables in which more than 1,000 rows plus a fifth of its rows
+changed since its last analyze, which also makes prepared statements plan
+again.
 """
 
 from __future__ import annotations
