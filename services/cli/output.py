@@ -54,8 +54,9 @@ def print_outcome(
     warnings = len(outcome.problems) - len(outcome.errors)
     if not checked_database:
         console.print(
-            "no journeys database reached: "
-            "references were checked against these files only"
+            "no journeys database reached: references were checked against "
+            "these files only, and contact fields in templates and segments "
+            "were not checked"
         )
     console.print(f"{len(outcome.errors)} error(s), {warnings} warning(s)")
 
