@@ -77,6 +77,17 @@ def _live_journey(db, tmp_path, html: str) -> tuple[int, int, list[int]]:
     return journey_id, version, contacts
 
 
+def _insert_send(db, journey_id: int, contact: int, state: str) -> int:
+    """Write Anna's send record as an earlier attempt left it; return its id."""
+    row = db.execute(
+        "INSERT INTO sends (journey_id, tile, contact, address, state, started_at)"
+        " VALUES (%s, 'send-hello', %s, 'anna@example.com', %s, now())"
+        " RETURNING id",
+        (journey_id, contact, state),
+    ).fetchone()
+    return row[0]
+
+
 def _advisory_locks(db) -> int:
     row = db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     return row.fetchone()[0]
@@ -151,12 +162,7 @@ def test_reply_record_waits_for_journey_end_without_deadlock(
     waits for the end instead of deadlocking with it."""
     journey_id, version, contacts = _live_journey(db, tmp_path, HTML)
     contact = contacts[0]
-    send_id = db.execute(
-        "INSERT INTO sends (journey_id, tile, contact, address, state, started_at)"
-        " VALUES (%s, 'send-hello', %s, 'anna@example.com', 'sending', now())"
-        " RETURNING id",
-        (journey_id, contact),
-    ).fetchone()[0]
+    send_id = _insert_send(db, journey_id, contact, "sending")
 
     errors: list[BaseException] = []
 
@@ -206,12 +212,7 @@ def test_recovery_keeps_a_reply_recorded_since(db, sink_settings, tmp_path):
     contact is retried instead of being marked unconfirmed."""
     journey_id, version, contacts = _live_journey(db, tmp_path, HTML)
     contact = contacts[0]
-    send_id = db.execute(
-        "INSERT INTO sends (journey_id, tile, contact, address, state, started_at)"
-        " VALUES (%s, 'send-hello', %s, 'anna@example.com', 'deferred', now())"
-        " RETURNING id",
-        (journey_id, contact),
-    ).fetchone()[0]
+    send_id = _insert_send(db, journey_id, contact, "deferred")
 
     with get_pool().connection() as conn, conn.transaction():
         plan = load_plan(conn, journey_id, version)
