@@ -232,12 +232,12 @@ class _Progress:
     def __init__(self, total: int, started: float) -> None:
         self.total = total
         self.started = started
-        self.shown = started
+        self.last_shown = started
 
     def show(self, received: int) -> int:
         now = time.monotonic()
-        if now - self.shown >= 10:
-            self.shown = now
+        if now - self.last_shown >= 10:
+            self.last_shown = now
             elapsed = now - self.started
             print(
                 f"  {received:,} of {self.total:,} emails received after"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dramatiq
@@ -39,7 +39,6 @@ class TickReport:
     released: int = 0
     republished: int = 0
     feeding_done: bool = True
-    analyzed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -67,7 +66,7 @@ def tick(
             report.fed += fed
             report.feeding_done = report.feeding_done and done
         report.republished = republish_outbox(conn, settings.outbox_retry_seconds)
-        report.analyzed = refresh_statistics(conn)
+        refresh_statistics(conn)
     state.last_tick = time.time()
     state.last_report = report
     return report

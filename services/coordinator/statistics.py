@@ -52,7 +52,7 @@ def refresh_statistics(conn: psycopg.Connection) -> list[str]:
     """Analyze the journey tables whose statistics are stale and return their names.
 
     SKIP_LOCKED leaves a table that another coordinator or autovacuum is
-    analyzing at that moment to them; such a table is still in the list.
+    analyzing at that moment to them. Such a table is still in the list.
     """
     stale = [
         row[0]
