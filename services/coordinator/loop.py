@@ -151,6 +151,9 @@ def feed_journey(
         count, outbox, done = page
         fed += count
         publish_outbox(conn, outbox)
+        # The tiles start on these contacts at once; statistics that lag a
+        # whole tick's pages behind make them plan as for empty tables.
+        refresh_statistics(conn)
         if done:
             return fed, True
     return fed, False

@@ -9,7 +9,10 @@ each page the coordinator fed. On a 5,000-contact run those scans took
 most of the database's CPU. Each tick the coordinator therefore analyzes
 any of these tables in which more than 1,000 rows plus a fifth of its rows
 changed since its last analyze, which also makes prepared statements plan
-again.
+again. While it feeds a segment it does the same after every page, because
+the tiles start on a page's contacts at once: a 20,000-contact run whose
+statistics waited for the tick's last page spent 30 % of the
+database's statement time scanning all sends of the email tile for each contact.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ def refresh_statistics(conn: psycopg.Connection) -> list[str]:
     SKIP_LOCKED leaves a table that another coordinator or autovacuum is
     analyzing at that moment to them. Such a table is still in the list.
     """
+    # A session sends its row counts to the statistics views at most once a
+    # second. Sending them now lets the query below count what it just fed.
+    conn.execute("SELECT pg_stat_force_next_flush()")
     stale = [
         row[0]
         for row in conn.execute(
