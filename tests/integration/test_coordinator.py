@@ -276,6 +276,40 @@ def test_coordinator_analyzes_between_the_pages_it_feeds(db, tmp_path):
             db.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
 
+def test_batch_lookup_by_key_on_a_tile_statistics_missed(db):
+    """Contacts reach a tile after the last ANALYZE, so the statistics say it
+    has no steps. The engine's sessions still read a batch of 50 by key
+    instead of every step of that tile."""
+    insert = (
+        "INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)"
+        " SELECT 1, %s, g, 1, %s, now() FROM generate_series(1, %s) AS g"
+    )
+    db.execute(insert, ("audience", "completed", 100_000))
+    db.execute("ANALYZE steps")
+    db.execute(insert, ("send-hello", "in_progress", 20_000))
+
+    with get_pool().connection() as conn:
+        conn.execute(
+            "PREPARE batch (integer, text, bigint[]) AS SELECT contact FROM steps"
+            " WHERE journey_id = $1 AND tile = $2 AND contact = ANY($3)"
+            " AND state = 'in_progress'"
+        )
+        try:
+            # A utility statement takes no bound parameters.
+            contacts = ",".join(str(contact) for contact in range(5001, 5051))
+            rows = conn.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF)"
+                f" EXECUTE batch (1, 'send-hello', '{{{contacts}}}')"
+            ).fetchall()
+        finally:
+            conn.execute("DEALLOCATE batch")
+    plan = "\n".join(row[0] for row in rows)
+    index_lines = [line for line in plan.splitlines() if "Index Cond" in line]
+    assert index_lines, plan
+    assert "contact = ANY" in index_lines[0], plan
+    assert "Rows Removed by Filter" not in plan, plan
+
+
 def _analyze_counts(db, tables: list[str]) -> dict[str, int]:
     rows = db.execute(
         "SELECT relname, analyze_count FROM pg_stat_user_tables"
