@@ -1,6 +1,7 @@
-"""The two ceilings the engine is measured against: plain smtplib sending
-pre-rendered emails, and plain pika publishing and consuming persistent
-messages with publisher confirms."""
+"""The ceilings the engine is measured against: plain smtplib sending
+pre-rendered emails, the same with a send record committed per email, and
+plain pika publishing and consuming persistent messages with publisher
+confirms."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pika
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -20,15 +22,33 @@ from shared.templates import RenderedEmail
 
 
 def smtp_ceiling(
-    folder: Path, count: int, connections: int, start_sink: Callable
+    folder: Path,
+    count: int,
+    connections: int,
+    start_sink: Callable,
+    database_url: str | None = None,
 ) -> float:
-    """Emails per second that smtplib alone delivers to the sink."""
+    """Emails per second that smtplib alone delivers to the sink.
+
+    With a database, each email first commits one statement that records
+    the reply to the email before and a 'sending' row for this one, in a
+    table of its own: the least that an engine which never sends an email
+    twice writes per email.
+    """
     messages = [_message(n) for n in range(1, count + 1)]
-    sink, port, out = start_sink(folder, "smtp-baseline")
+    if database_url is not None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(_RECORD_TABLE)
+    sink, port, out = start_sink(
+        folder, "smtp-baseline" if database_url is None else "record-baseline"
+    )
     try:
         started = time.monotonic()
         threads = [
-            threading.Thread(target=_send_share, args=(port, messages[i::connections]))
+            threading.Thread(
+                target=_send_share,
+                args=(port, messages[i::connections], database_url),
+            )
             for i in range(connections)
         ]
         for thread in threads:
@@ -65,10 +85,46 @@ def _message(n: int) -> tuple[str, bytes]:
     return address, build_message(envelope, rendered)[1]
 
 
-def _send_share(port: int, messages: list[tuple[str, bytes]]) -> None:
-    with smtplib.SMTP("127.0.0.1", port) as connection:
-        for address, data in messages:
-            connection.sendmail("news@sender.example.com", [address], data)
+_RECORD_TABLE = """
+CREATE TABLE baseline_sends (
+    address text PRIMARY KEY, state text NOT NULL, reply text,
+    started_at timestamptz NOT NULL, finished_at timestamptz)
+"""
+
+_RECORD = """
+WITH recorded AS (
+    UPDATE baseline_sends SET state = 'accepted', reply = %(reply)s,
+        finished_at = now()
+    WHERE address = %(previous)s)
+INSERT INTO baseline_sends (address, state, started_at)
+SELECT %(address)s, 'sending', now() WHERE %(address)s::text IS NOT NULL
+"""
+
+
+def _send_share(
+    port: int, messages: list[tuple[str, bytes]], database_url: str | None
+) -> None:
+    db = psycopg.connect(database_url, autocommit=True) if database_url else None
+    previous: tuple[str | None, str | None] = (None, None)
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as connection:
+            for address, data in [*messages, (None, b"")]:
+                if db is not None:
+                    db.execute(
+                        _RECORD,
+                        {
+                            "previous": previous[0],
+                            "reply": previous[1],
+                            "address": address,
+                        },
+                    )
+                if address is None:
+                    break
+                connection.sendmail("news@sender.example.com", [address], data)
+                previous = (address, "250 accepted")
+    finally:
+        if db is not None:
+            db.close()
 
 
 def broker_ceiling(url: str, count: int) -> float:

@@ -8,6 +8,9 @@ E: contacts per second from go-live to the last email accepted by an SMTP
    server is configured).
 S: the same emails, pre-rendered, sent by plain smtplib over as many
    persistent connections as the workers have threads: the SMTP ceiling.
+R: S with one PostgreSQL commit per email that records the reply to the
+   email before and a 'sending' row for this one: the ceiling of any engine
+   that never sends an email twice, on this machine.
 B: plain pika publish and consume of as many persistent messages with
    publisher confirms: the broker's ceiling.
 
@@ -78,7 +81,7 @@ def main() -> None:
         work = Path(folder)
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
         engine = measure_engine(work, args.contacts, args.processes, args.threads)
-        smtp = broker = None
+        smtp = record = broker = None
         if not args.engine_only:
             print(
                 f"S: {args.contacts} pre-rendered emails "
@@ -87,12 +90,20 @@ def main() -> None:
             )
             smtp = smtp_ceiling(work, args.contacts, connections, start_sink)
             print(
+                f"R: {args.contacts} pre-rendered emails, one commit each ...",
+                flush=True,
+            )
+            with scratch_database() as record_url:
+                record = smtp_ceiling(
+                    work, args.contacts, connections, start_sink, record_url
+                )
+            print(
                 f"B: {args.contacts} persistent messages with confirms ...", flush=True
             )
             with scratch_vhost() as broker_url:
                 broker = broker_ceiling(broker_url, args.contacts)
 
-    results = summarise(args, engine, smtp, broker)
+    results = summarise(args, engine, smtp, record, broker)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +286,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def summarise(args, engine, smtp, record, broker) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     count = args.contacts
     expected = {f"c{n}@example.com" for n in range(1, count + 1)}
     received = engine["received"]
@@ -286,8 +297,11 @@ def summarise(args, engine, smtp, broker) -> dict[str, Any]:  # type: ignore[no-
         "threads_per_process": args.threads,
         "e_per_s": round(engine["per_second"], 1),
         "s_per_s": _rounded(smtp, 1),
+        "r_per_s": _rounded(record, 1),
         "b_per_s": _rounded(broker, 1),
         "e_over_s": _rounded(smtp and engine["per_second"] / smtp, 3),
+        "r_over_s": _rounded(smtp and record and record / smtp, 3),
+        "e_over_r": _rounded(record and engine["per_second"] / record, 3),
         "e_over_b": _rounded(broker and engine["per_second"] / broker, 3),
         "duplicates": len(received) - len(set(received)),
         "missing": len(expected - set(received)),
@@ -314,8 +328,11 @@ def markdown(results: dict[str, Any]) -> str:
         ("contacts", results["contacts"]),
         ("E: engine, contacts/s", results["e_per_s"]),
         ("S: plain smtplib, emails/s", results["s_per_s"]),
+        ("R: smtplib with one commit per email, emails/s", results["r_per_s"]),
         ("B: plain pika, messages/s", results["b_per_s"]),
         ("E/S", results["e_over_s"]),
+        ("R/S", results["r_over_s"]),
+        ("E/R", results["e_over_r"]),
         ("E/B", results["e_over_b"]),
         (
             "latency p50 / p99, s",
