@@ -4,7 +4,7 @@ document and tile, found in one pass."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from shared.definitions import (
     walk_tiles,
 )
 from shared.errors import DefinitionError
-from shared.loading import LoadedDocument, Problem
+from shared.loading import LoadedDocument, Problem, tile_line
 from shared.mail import normalize_address, split_sender
 from shared.templates import check_email_templates
 from shared.tile_checks import check_tile_graph
@@ -89,8 +89,18 @@ def check(
         elif isinstance(model, Segment):
             problems.extend(_check_segment(document, model, scope))
         elif isinstance(model, Journey):
-            problems.extend(_check_journey(document, model, scope))
+            problems.extend(
+                _at_tile_line(document, problem)
+                for problem in _check_journey(document, model, scope)
+            )
     return problems
+
+
+def _at_tile_line(document: LoadedDocument, problem: Problem) -> Problem:
+    """Point a problem about a tile at the line where the tile starts."""
+    if problem.tile is None or problem.line is not None:
+        return problem
+    return replace(problem, line=tile_line(document.node, problem.tile))
 
 
 def _duplicate_names(

@@ -28,14 +28,28 @@ class Problem:
     message: str
     tile: str | None = None
     severity: Literal["error", "warning"] = "error"
+    # The line of the faulty field in a YAML file, when the field or the
+    # mapping it is missing from could be found. `where` keeps the line of
+    # the document, which groups a document's problems.
+    line: int | None = None
+
+    @property
+    def location(self) -> str:
+        """Return the file and the field's line, or `where` when the line is unknown."""
+        if self.line is None:
+            return self.where
+        return f"{self.where.rpartition(':')[0]}:{self.line}"
 
     def __str__(self) -> str:
         tile = f" tile {self.tile!r}" if self.tile else ""
-        return f"{self.where}: {self.severity}: {self.document}{tile}: {self.message}"
+        return (
+            f"{self.location}: {self.severity}: {self.document}{tile}: {self.message}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "where": self.where,
+            "line": self.line,
             "document": self.document,
             "tile": self.tile,
             "severity": self.severity,
@@ -49,6 +63,8 @@ class LoadedDocument:
     raw: Any
     model: Any = None
     problems: list[Problem] = field(default_factory=list)
+    # The composed YAML document, used to find a field's line. None for JSON.
+    node: yaml.Node | None = None
 
     @property
     def label(self) -> str:
@@ -127,21 +143,21 @@ def load_documents(
         ) as error:
             problems.append(Problem(str(path), "file", _describe_read_error(error)))
             continue
-        for where, raw in raw_documents:
+        for where, raw, node in raw_documents:
             try:
-                documents.append(_validate(where, raw))
+                documents.append(_validate(where, raw, node))
             except RecursionError:
                 problem = Problem(where, "document", "nested too deeply to validate")
                 documents.append(LoadedDocument(where, None, problems=[problem]))
     return documents, problems
 
 
-def _read_file(path: Path) -> Iterator[tuple[str, Any]]:
+def _read_file(path: Path) -> Iterator[tuple[str, Any, yaml.Node | None]]:
     text = path.read_bytes().decode("utf-8")
     if path.suffix == ".json":
         data = json.loads(text)
         for index, raw in enumerate(data if isinstance(data, list) else [data]):
-            yield f"{path}[{index}]", raw
+            yield f"{path}[{index}]", raw, None
         return
     loader = _Loader(text)
     try:
@@ -149,9 +165,71 @@ def _read_file(path: Path) -> Iterator[tuple[str, Any]]:
             node = loader.get_node()
             if node is None:
                 continue
-            yield f"{path}:{node.start_mark.line + 1}", loader.construct_document(node)
+            where = f"{path}:{node.start_mark.line + 1}"
+            yield where, loader.construct_document(node), node
     finally:
         loader.dispose()
+
+
+def tile_line(node: yaml.Node | None, tile_id: str) -> int | None:
+    """Return the line of the mapping whose `id` is `tile_id`, or None.
+
+    Each node is visited once, so aliases cannot make the search grow.
+    """
+    seen: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                if (
+                    isinstance(key, yaml.ScalarNode)
+                    and key.value == "id"
+                    and isinstance(value, yaml.ScalarNode)
+                    and value.value == tile_id
+                ):
+                    return current.start_mark.line + 1
+            stack.extend(value for _, value in current.value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return None
+
+
+def field_line(node: yaml.Node | None, location: Iterable[Any]) -> int | None:
+    """Return the line of the YAML node at `location` (mapping keys and list
+    indexes), or of the deepest node on the way when the rest is missing.
+
+    Only the path is followed, so an alias that repeats a large mapping many
+    times costs no more than a plain one.
+    """
+    line = None
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            found = next(
+                (
+                    (key, value)
+                    for key, value in node.value
+                    if isinstance(key, yaml.ScalarNode) and key.value == str(part)
+                ),
+                None,
+            )
+            if found is None:
+                break
+            key, node = found
+            line = key.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def _describe_read_error(error: Exception) -> str:
@@ -168,8 +246,8 @@ def _describe_read_error(error: Exception) -> str:
     return f"cannot be read: {error}"
 
 
-def _validate(where: str, raw: Any) -> LoadedDocument:
-    document = LoadedDocument(where, raw)
+def _validate(where: str, raw: Any, node: yaml.Node | None = None) -> LoadedDocument:
+    document = LoadedDocument(where, raw, node=node)
     if raw is None:
         return document
     if not isinstance(raw, dict):
@@ -195,12 +273,12 @@ def _validate(where: str, raw: Any) -> LoadedDocument:
     try:
         document.model = document_adapter.validate_python(raw)
     except ValidationError as error:
-        document.problems.extend(_explain(where, document.label, raw, error))
+        document.problems.extend(_explain(document, raw, error))
     return document
 
 
 def _explain(
-    where: str, label: str, raw: dict, error: ValidationError
+    document: LoadedDocument, raw: dict, error: ValidationError
 ) -> Iterator[Problem]:
     for item in error.errors(include_url=False):
         location = list(item["loc"])
@@ -208,7 +286,11 @@ def _explain(
         tile = _tile_of(raw, location)
         field_path = ".".join(str(part) for part in location) or "(document)"
         yield Problem(
-            where, label, _message(dict(item), field_path, raw, location), tile=tile
+            document.where,
+            document.label,
+            _message(dict(item), field_path, raw, location),
+            tile=tile,
+            line=field_line(document.node, location),
         )
 
 

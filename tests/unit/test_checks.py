@@ -516,3 +516,16 @@ def test_all_problems_of_file_reported(tmp_path: Path) -> None:
     assert any("needs exactly one of 'contacts'" in message for message in messages)
     assert any("unknown name 'contcat'" in message for message in messages)
     assert any("is not before end" in message for message in messages)
+
+
+def test_tile_problem_names_tile_line(tmp_path: Path) -> None:
+    tiles = [
+        {"id": "send-hello", "type": "email", "email": "hello"},
+        {"id": "send-again", "type": "email", "email": "helo"},
+    ]
+    problem = single(check_documents(tmp_path, complete(tiles=tiles)))
+    assert problem.tile == "send-again"
+    assert problem.line is not None
+    text = (tmp_path / "definitions.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[problem.line - 1].strip() == "- id: send-again"

@@ -216,3 +216,33 @@ def test_problem_text_names_tile() -> None:
     assert (
         str(problem) == "a.yaml:3: error: journey 'j' tile 'send': something is wrong"
     )
+
+
+def test_schema_problem_names_field_line(tmp_path: Path) -> None:
+    text = JOURNEY_HEAD + (
+        "tiles:\n"
+        "  - id: send-hello\n"
+        "    type: email\n"
+        "    email: hello\n"
+        "  - id: pause\n"
+        "    type: wait\n"
+        "    duration: forever\n"
+    )
+    problem = single(load_text(tmp_path, text))
+    assert problem.where == f"{tmp_path / 'definitions.yaml'}:1"
+    assert problem.line == 14
+    assert str(problem).startswith(f"{tmp_path / 'definitions.yaml'}:14: error:")
+
+
+def test_missing_field_points_at_its_mapping(tmp_path: Path) -> None:
+    text = JOURNEY_HEAD + "tiles:\n  - id: send-hello\n    type: email\n"
+    problem = single(load_text(tmp_path, text))
+    assert problem.message == "field 'tiles.0.email' is missing"
+    assert problem.line == 9
+
+
+def test_json_problem_has_no_line(tmp_path: Path) -> None:
+    text = '{"kind": "segment", "name": "a", "where": [], "bogus": 1}'
+    problem = single(load_text(tmp_path, text, name="definitions.json"))
+    assert problem.line is None
+    assert str(problem).startswith(f"{tmp_path / 'definitions.json'}[0]: error:")
