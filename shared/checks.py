@@ -151,7 +151,10 @@ def _check_email(
 ) -> Iterator[Problem]:
     for problem in check_email_templates(email, scope.catalog.contact_fields):
         yield Problem(
-            document.where, document.label, f"{problem.part}: {problem.message}"
+            document.where,
+            document.label,
+            f"{problem.part}: {problem.message}",
+            severity=problem.severity,
         )
     if email.from_ is not None:
         _, address = split_sender(email.from_)

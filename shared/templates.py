@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
@@ -50,6 +50,7 @@ class RenderError(PermanentError):
 class TemplateProblem:
     part: str
     message: str
+    severity: Literal["error", "warning"] = "error"
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,20 @@ def _check_tree(
                 "that column, or write {{ contact."
                 + attribute
                 + ' | default("...") }}',
+            )
+        elif (
+            root == "contact"
+            and known_fields is not None
+            and attribute not in known_fields
+            and (hint := _did_you_mean(attribute, sorted(known_fields)))
+        ):
+            # Guarded, so every contact still renders, but a near miss of a
+            # known field is most likely a typo that hides the real value.
+            yield TemplateProblem(
+                part,
+                f"no contact has the field {attribute!r}{hint}, "
+                "so every email shows its default",
+                severity="warning",
             )
 
 

@@ -351,8 +351,21 @@ def test_unknown_contact_field_rejected(tmp_path: Path) -> None:
         "Hi from {{ contact.citty | d('x') | upper }}",
     ],
 )
-def test_guarded_contact_field_accepted(tmp_path: Path, subject: str) -> None:
+def test_guarded_misspelled_field_warns(tmp_path: Path, subject: str) -> None:
     catalog = Catalog(contact_fields={"email", "firstname", "city"})
+    problem = single(
+        check_documents(tmp_path, [email(subject=subject)], catalog=catalog)
+    )
+    assert problem.severity == "warning"
+    assert problem.message == (
+        "subject: no contact has the field 'citty' (did you mean 'city'?), "
+        "so every email shows its default"
+    )
+
+
+def test_guarded_new_field_accepted(tmp_path: Path) -> None:
+    catalog = Catalog(contact_fields={"email", "firstname", "city"})
+    subject = "Hi {{ contact.loyalty_tier | default('friend') }}"
     assert check_documents(tmp_path, [email(subject=subject)], catalog=catalog) == []
 
 
