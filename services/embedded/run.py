@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from rich.console import Console
@@ -49,10 +51,8 @@ def run_embedded(
     Returns the exit code: 0 when done, 1 when the check found errors or the
     contacts file could not be read.
     """
-    import pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
+    server = start_embedded_postgres(data_dir.resolve())
     sink = SmtpSink(folder=outbox).start()
     os.environ.update(
         JOURNEYS_DATABASE_URL=server.get_uri(),
@@ -182,3 +182,15 @@ def _print_results(
                 f"until {waiting[1]:%Y-%m-%d %H:%M}Z; "
                 "run again after that to move them on"
             )
+
+
+def start_embedded_postgres(data_dir: Path) -> Any:
+    """Start the PostgreSQL server that pgserver bundles on `data_dir`, or
+    return the one already running there. It stops when this process exits."""
+    import pgserver
+
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset, as on most servers.
+        # pgserver then uses a folder under /tmp, which works.
+        warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
+        return pgserver.get_server(str(data_dir), cleanup_mode="stop")

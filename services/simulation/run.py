@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
+from services.embedded.run import start_embedded_postgres
 from services.embedded.sink import SmtpSink
 from services.simulation.interactions import (
     PlannedInteraction,
@@ -52,8 +53,6 @@ def simulate(
 
     Returns the exit code: 0 when it ran, 1 when an input was invalid.
     """
-    import pgserver
-
     with tempfile.TemporaryDirectory(prefix="journeys-simulation-") as folder:
         try:
             planned = read_interactions(interactions_file) if interactions_file else []
@@ -61,7 +60,7 @@ def simulate(
         except JourneyError as error:
             console.print(f"[red]{error}[/red]")
             return 1
-        server = pgserver.get_server(str(Path(folder) / "pgdata"), cleanup_mode="stop")
+        server = start_embedded_postgres(Path(folder) / "pgdata")
         sink = SmtpSink().start()
         os.environ.update(
             JOURNEYS_DATABASE_URL=server.get_uri(),
