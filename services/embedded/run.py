@@ -187,10 +187,11 @@ def _print_results(
 def start_embedded_postgres(data_dir: Path) -> Any:
     """Start the PostgreSQL server that pgserver bundles on `data_dir`, or
     return the one already running there. It stops when this process exits."""
-    import pgserver
-
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset, as on most servers.
-        # pgserver then uses a folder under /tmp, which works.
+        # Importing pgserver asks platformdirs for a runtime folder, which
+        # warns when XDG_RUNTIME_DIR is unset, as on most servers. The
+        # fallback under /tmp works.
         warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
+        import pgserver
+
         return pgserver.get_server(str(data_dir), cleanup_mode="stop")
