@@ -17,7 +17,7 @@ from shared.definitions import (
     walk_tiles,
 )
 from shared.errors import DefinitionError
-from shared.loading import LoadedDocument, Problem, tile_line
+from shared.loading import LoadedDocument, Problem, field_line, tile_line
 from shared.mail import normalize_address, split_sender
 from shared.templates import check_email_templates
 from shared.tile_checks import check_tile_graph
@@ -214,22 +214,18 @@ def _check_journey(
 ) -> Iterator[Problem]:
     where, label = document.where, document.label
     yield from _check_window(where, label, journey, scope)
-    yield from _check_reference(
-        where,
-        label,
-        None,
-        "content-settings",
-        journey.content_settings,
-        "content_settings",
-        scope,
-    )
-    yield from _check_reference(
-        where, label, None, "segment", journey.audience.segment, "audience", scope
-    )
+    references = [
+        ("content-settings", journey.content_settings, "content_settings"),
+        ("segment", journey.audience.segment, "audience"),
+    ]
     if journey.suppression is not None:
-        yield from _check_reference(
-            where, label, None, "segment", journey.suppression, "suppression", scope
-        )
+        references.append(("segment", journey.suppression, "suppression"))
+    for kind, name, field_name in references:
+        line = field_line(document.node, [field_name])
+        for problem in _check_reference(
+            where, label, None, kind, name, field_name, scope
+        ):
+            yield replace(problem, line=line)
     yield from _check_against_published(where, label, journey, scope)
     if scope.for_go_live:
         yield from _check_audience_size(where, label, journey, scope)

@@ -542,3 +542,12 @@ def test_tile_problem_names_tile_line(tmp_path: Path) -> None:
     text = (tmp_path / "definitions.yaml").read_text(encoding="utf-8")
     lines = text.splitlines()
     assert lines[problem.line - 1].strip() == "- id: send-again"
+
+
+def test_reference_problem_names_field_line(tmp_path: Path) -> None:
+    documents = complete(content_settings="missing")
+    problem = single(check_documents(tmp_path, documents))
+    assert problem.message.startswith("content_settings refers to")
+    assert problem.line is not None
+    text = (tmp_path / "definitions.yaml").read_text(encoding="utf-8")
+    assert text.splitlines()[problem.line - 1] == "content_settings: missing"
