@@ -59,7 +59,9 @@ def refresh_statistics(conn: psycopg.Connection) -> list[str]:
     """
     # A session sends its row counts to the statistics views at most once a
     # second. Sending them now lets the query below count what it just fed.
-    conn.execute("SELECT pg_stat_force_next_flush()")
+    # PostgreSQL 14 and older lack the function and send the counts later.
+    if conn.info.server_version >= 150000:
+        conn.execute("SELECT pg_stat_force_next_flush()")
     stale = [
         row[0]
         for row in conn.execute(
