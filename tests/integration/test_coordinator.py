@@ -4,6 +4,8 @@ database, and feeding a large segment in bounded memory."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pika
@@ -208,13 +210,8 @@ def test_coordinator_analyzes_the_tables_a_journey_fills(db, tmp_path):
     tables = ["contacts", "entries", "steps"]
     before = _rows_inserted(db, tables)
     analyzes = _analyze_counts(db, tables)
-    # Autovacuum would race the coordinator to the analyze.
-    for table in tables:
-        db.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-    try:
-        import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3000)))
-        outcome = go_live_paths(db, [write_definitions(tmp_path)], datetime.now(UTC))
-        assert not outcome.errors
+    with _autovacuum_off(db, tables):
+        _go_live_with_contacts(db, tmp_path, 3000)
         tick(get_settings())
         assert db.execute("SELECT count(*) FROM steps").fetchone() == (3000,)
 
@@ -235,9 +232,6 @@ def test_coordinator_analyzes_the_tables_a_journey_fills(db, tmp_path):
         for table in tables:
             assert after[table] > analyzes[table], table
         assert refresh_statistics(db) == []
-    finally:
-        for table in tables:
-            db.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
     contacts = [row[0] for row in db.execute("SELECT id FROM contacts LIMIT 50")]
     plan = "\n".join(
@@ -257,12 +251,8 @@ def test_coordinator_analyzes_between_the_pages_it_feeds(db, tmp_path):
     statistics cannot wait for the end of the tick: after three pages of
     1,000 the entries and steps have been analyzed."""
     tables = ["entries", "steps"]
-    for table in tables:
-        db.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-    try:
-        import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(3000)))
-        outcome = go_live_paths(db, [write_definitions(tmp_path)], datetime.now(UTC))
-        assert not outcome.errors
+    with _autovacuum_off(db, tables):
+        _go_live_with_contacts(db, tmp_path, 3000)
         before = _analyze_counts(db, tables)
         settings = get_settings().model_copy(update={"feed_page_size": 1000})
         with get_pool().connection() as conn:
@@ -271,9 +261,6 @@ def test_coordinator_analyzes_between_the_pages_it_feeds(db, tmp_path):
         after = _analyze_counts(db, tables)
         for table in tables:
             assert after[table] > before[table], table
-    finally:
-        for table in tables:
-            db.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
 
 def test_batch_lookup_by_key_on_a_tile_statistics_missed(db):
@@ -308,6 +295,24 @@ def test_batch_lookup_by_key_on_a_tile_statistics_missed(db):
     assert index_lines, plan
     assert "contact = ANY" in index_lines[0], plan
     assert "Rows Removed by Filter" not in plan, plan
+
+
+@contextmanager
+def _autovacuum_off(db, tables: list[str]) -> Iterator[None]:
+    """Keep autovacuum from racing the coordinator to the analyze."""
+    for table in tables:
+        db.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    try:
+        yield
+    finally:
+        for table in tables:
+            db.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+def _go_live_with_contacts(db, tmp_path, count: int) -> None:
+    import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(count)))
+    outcome = go_live_paths(db, [write_definitions(tmp_path)], datetime.now(UTC))
+    assert not outcome.errors
 
 
 def _analyze_counts(db, tables: list[str]) -> dict[str, int]:
