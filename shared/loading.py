@@ -171,11 +171,13 @@ def _read_file(path: Path) -> Iterator[tuple[str, Any, yaml.Node | None]]:
         loader.dispose()
 
 
-def tile_line(node: yaml.Node | None, tile_id: str) -> int | None:
-    """Return the line of the mapping whose `id` is `tile_id`, or None.
+def tile_lines(node: yaml.Node | None) -> dict[str, int]:
+    """Return the line where each tile starts, by id: the first mapping in
+    the document whose own `id` (the last one, as PyYAML reads it) is that id.
 
-    Each node is visited once, so aliases cannot make the search grow.
+    Each node is visited once, so aliases cannot make the walk grow.
     """
+    lines: dict[str, int] = {}
     seen: set[int] = set()
     stack = [node] if node is not None else []
     while stack:
@@ -184,18 +186,23 @@ def tile_line(node: yaml.Node | None, tile_id: str) -> int | None:
             continue
         seen.add(id(current))
         if isinstance(current, yaml.MappingNode):
-            for key, value in current.value:
-                if (
-                    isinstance(key, yaml.ScalarNode)
-                    and key.value == "id"
-                    and isinstance(value, yaml.ScalarNode)
-                    and value.value == tile_id
-                ):
-                    return current.start_mark.line + 1
-            stack.extend(value for _, value in current.value)
+            ids = [
+                value.value
+                for key, value in current.value
+                if isinstance(key, yaml.ScalarNode)
+                and key.value == "id"
+                and isinstance(value, yaml.ScalarNode)
+            ]
+            if ids:
+                lines.setdefault(ids[-1], current.start_mark.line + 1)
+            children = [value for _, value in current.value]
         elif isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
-    return None
+            children = list(current.value)
+        else:
+            continue
+        # Reversed, so that the stack yields the document's order.
+        stack.extend(reversed(children))
+    return lines
 
 
 def field_line(node: yaml.Node | None, location: Iterable[Any]) -> int | None:
@@ -208,10 +215,12 @@ def field_line(node: yaml.Node | None, location: Iterable[Any]) -> int | None:
     line = None
     for part in location:
         if isinstance(node, yaml.MappingNode):
+            # The last of equal keys, since PyYAML keeps the last one and puts
+            # the keys of a merge (<<) before the mapping's own.
             found = next(
                 (
                     (key, value)
-                    for key, value in node.value
+                    for key, value in reversed(node.value)
                     if isinstance(key, yaml.ScalarNode) and key.value == str(part)
                 ),
                 None,

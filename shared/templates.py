@@ -190,20 +190,48 @@ def _check_tree(
                 + attribute
                 + ' | default("...") }}',
             )
-        elif (
-            root == "contact"
-            and known_fields is not None
-            and attribute not in known_fields
-            and (hint := _did_you_mean(attribute, sorted(known_fields)))
+    if known_fields is not None:
+        yield from _check_guarded_fields(part, tree, known_fields)
+
+
+def _check_guarded_fields(
+    part: str, tree: nodes.Template, known_fields: set[str]
+) -> Iterator[TemplateProblem]:
+    """Warn once per unknown contact field that is always guarded but close to
+    a known one: every contact still renders, but a typo hides the value."""
+    unguarded = {
+        attribute
+        for root, attribute, guarded in _attributes(tree)
+        if root == "contact" and not guarded
+    }
+    warned: set[str] = set()
+    for root, attribute, _ in _attributes(tree):
+        if (
+            root != "contact"
+            or attribute in known_fields
+            or attribute in unguarded
+            or attribute in warned
         ):
-            # Guarded, so every contact still renders, but a near miss of a
-            # known field is most likely a typo that hides the real value.
+            continue
+        match = _near_miss(attribute, known_fields)
+        if match is not None:
+            warned.add(attribute)
             yield TemplateProblem(
                 part,
-                f"no contact has the field {attribute!r}{hint}, "
-                "so every email shows its default",
+                f"no imported contact has the field {attribute!r} "
+                f"(did you mean {match!r}?), so every email treats it as missing",
                 severity="warning",
             )
+
+
+def _near_miss(name: str, known: set[str]) -> str | None:
+    """Return the known field that `name` most likely misspells: the same
+    apart from case, or very close (a letter or two) to it."""
+    for field in sorted(known):
+        if field.lower() == name.lower():
+            return field
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _check_forbidden(part: str, tree: nodes.Template) -> Iterator[TemplateProblem]:

@@ -151,7 +151,7 @@ def feed_journey(
         count, outbox, done = page
         fed += count
         publish_outbox(conn, outbox)
-        # The tiles start on these contacts at once; statistics that lag a
+        # The tiles start on these contacts at once. Statistics that lag a
         # whole tick's pages behind make them plan as for empty tables.
         refresh_statistics(conn)
         if done:
@@ -228,7 +228,9 @@ def republish_outbox(
         rows = conn.execute(
             "SELECT id, journey_id, version, tile, contact FROM outbox"
             " WHERE created_at < now() - make_interval(secs => %s)"
-            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+            # In the order of the age index, which stops at the first row
+            # too young. Walking the ids read every young row in a backlog.
+            " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (older_than_seconds, limit),
         ).fetchall()
         publish_outbox(conn, rows)

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from services.coordinator.loop import state
 from shared import clock
-from shared.db import get_pool
+from shared.db import custom_plans, get_pool
 from shared.store import tile_counts
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,11 @@ class JourneyCollector(Collector):
                     "SELECT kind, count(*) FROM timers GROUP BY kind"
                 ):
                     held.add_metric([kind], count)
-                row = conn.execute(
-                    "SELECT count(*) FROM timers WHERE due_at <= %s", (clock.now(),)
-                ).fetchone()
+                with custom_plans(conn):
+                    row = conn.execute(
+                        "SELECT count(*) FROM timers WHERE due_at <= %s",
+                        (clock.now(),),
+                    ).fetchone()
                 due.add_metric([], row[0] if row else 0)
         except psycopg.Error as error:
             logger.warning("cannot read timers for /metrics: %s", error)

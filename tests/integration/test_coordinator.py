@@ -17,7 +17,7 @@ from services.coordinator.statistics import refresh_statistics
 from services.tiles import actors  # noqa: F401  (the stub broker needs the actors)
 from shared.config import get_settings
 from shared.contacts import import_contacts
-from shared.db import get_pool
+from shared.db import custom_plans, get_pool
 from shared.golive import go_live_paths
 from tests.support import (
     rss_peak_mb,
@@ -295,6 +295,26 @@ def test_batch_lookup_by_key_on_a_tile_statistics_missed(db):
     assert index_lines, plan
     assert "contact = ANY" in index_lines[0], plan
     assert "Rows Removed by Filter" not in plan, plan
+
+
+def test_custom_plans_plan_for_the_value(db):
+    """The engine's sessions plan generically; inside custom_plans a range
+    over timers is planned for the time given, so the plan shows the value."""
+    with get_pool().connection() as conn:
+        conn.execute(
+            "PREPARE due (timestamptz) AS"
+            " SELECT count(*) FROM timers WHERE due_at <= $1"
+        )
+        explain = "EXPLAIN EXECUTE due ('2027-01-01T00:00:00Z')"
+        try:
+            generic = "\n".join(row[0] for row in conn.execute(explain))
+            with custom_plans(conn):
+                custom = "\n".join(row[0] for row in conn.execute(explain))
+        finally:
+            conn.execute("DEALLOCATE due")
+    assert "$1" in generic, generic
+    assert "$1" not in custom, custom
+    assert "2027-01-01" in custom, custom
 
 
 @contextmanager

@@ -358,9 +358,41 @@ def test_guarded_misspelled_field_warns(tmp_path: Path, subject: str) -> None:
     )
     assert problem.severity == "warning"
     assert problem.message == (
-        "subject: no contact has the field 'citty' (did you mean 'city'?), "
-        "so every email shows its default"
+        "subject: no imported contact has the field 'citty' "
+        "(did you mean 'city'?), so every email treats it as missing"
     )
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{{ contact.FIRSTNAME | default('x') }}",
+        "{% if contact.firstnme is defined %}Hello{% endif %}",
+        "{{ contact.fristname | d('a') }} {{ contact.fristname | d('b') }}",
+    ],
+)
+def test_guarded_near_miss_warns_once(tmp_path: Path, subject: str) -> None:
+    catalog = Catalog(contact_fields={"email", "firstname", "lastname"})
+    documents = [email(subject=subject)]
+    problem = single(check_documents(tmp_path, documents, catalog=catalog))
+    assert problem.severity == "warning"
+    assert "(did you mean 'firstname'?)" in problem.message
+
+
+@pytest.mark.parametrize("field", ["state", "name", "plan_tier"])
+def test_guarded_distant_field_accepted(tmp_path: Path, field: str) -> None:
+    catalog = Catalog(contact_fields={"email", "firstname", "lastname", "plan"})
+    subject = f"{{{{ contact.{field} | default('x') }}}}"
+    documents = [email(subject=subject)]
+    assert check_documents(tmp_path, documents, catalog=catalog) == []
+
+
+def test_unguarded_use_gives_error_only(tmp_path: Path) -> None:
+    catalog = Catalog(contact_fields={"email", "firstname", "city"})
+    subject = "{{ contact.citty }} {{ contact.citty | default('x') }}"
+    documents = [email(subject=subject)]
+    problem = single(check_documents(tmp_path, documents, catalog=catalog))
+    assert problem.severity == "error"
 
 
 def test_guarded_new_field_accepted(tmp_path: Path) -> None:
@@ -551,3 +583,52 @@ def test_reference_problem_names_field_line(tmp_path: Path) -> None:
     assert problem.line is not None
     text = (tmp_path / "definitions.yaml").read_text(encoding="utf-8")
     assert text.splitlines()[problem.line - 1] == "content_settings: missing"
+
+
+def test_merged_tiles_keep_their_own_lines(tmp_path: Path) -> None:
+    """A tile that merges another (<<) and sets its own id is reported at its
+    own line, and the merged tile at its line."""
+    head = yaml.safe_dump_all([content_settings(), segment(), email()], sort_keys=False)
+    body = yaml.safe_dump(
+        {key: value for key, value in journey().items() if key != "tiles"},
+        sort_keys=False,
+    )
+    tiles = (
+        "tiles:\n"
+        "  - &first\n"
+        "    id: first\n"
+        "    type: email\n"
+        "    email: helo\n"
+        "  - <<: *first\n"
+        "    id: second\n"
+    )
+    text = head + "---\n" + body + tiles
+    problems = check_documents(tmp_path, text)
+    lines = text.splitlines()
+    located = {problem.tile: lines[problem.line - 1].strip() for problem in problems}
+    assert located == {"first": "- &first", "second": "- <<: *first"}
+
+
+def test_overriding_merged_field_names_own_line(tmp_path: Path) -> None:
+    text = (
+        "kind: journey\nname: spring\nstart: 2027-05-03 09:00\n"
+        "end: 2027-06-03 09:00\ntimezone: Europe/Berlin\n"
+        "content_settings: default\naudience: {segment: everyone}\n"
+        "tiles:\n"
+        "  - &pause\n"
+        "    id: pause\n"
+        "    type: wait\n"
+        "    duration: 2h\n"
+        "  - <<: *pause\n"
+        "    id: longer\n"
+        "    duration: bogus\n"
+    )
+    loaded, problems = load_documents([_write(tmp_path, text)])
+    problem = single(problems + loaded[0].problems)
+    assert problem.line == 15
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "definitions.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
