@@ -275,24 +275,63 @@ def _attributes(tree: nodes.Template) -> Iterator[tuple[str, str, bool]]:
     """Yield (root, attribute, guarded) for each `contact.x` or `content.x`.
 
     An attribute is guarded when a `default` filter or an `is defined` test
-    wraps it, so a contact without that field still renders.
+    wraps it, or when it sits inside `{% if contact.x is defined %}`, so a
+    contact without that field still renders.
     """
     guarded: set[int] = set()
     for wrapper in tree.find_all((nodes.Filter, nodes.Test)):
         if wrapper.name in GUARDING_FILTERS or wrapper.name == "defined":
             guarded.add(id(wrapper.node))
+    for branch in tree.find_all(nodes.If):
+        tested = _tested_defined(branch.test)
+        for statement in branch.body:
+            for node in statement.find_all((nodes.Getattr, nodes.Getitem)):
+                if _root_and_attribute(node) in tested:
+                    guarded.add(id(node))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        assert isinstance(node, nodes.Getattr | nodes.Getitem)
-        if isinstance(node, nodes.Getattr):
-            attribute = node.attr
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            attribute = node.arg.value
-        else:
+        found = _root_and_attribute(node)
+        if found is not None:
+            yield found[0], found[1], id(node) in guarded
             continue
-        if isinstance(node.node, nodes.Name) and node.node.name in ROOT_NAMES:
-            yield node.node.name, attribute, id(node) in guarded
-        elif attribute.startswith("_"):
+        attribute = _attribute_name(node)
+        if attribute is not None and attribute.startswith("_"):
             yield "value", attribute, False
+
+
+def _attribute_name(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return str(node.attr)
+    if (
+        isinstance(node, nodes.Getitem)
+        and isinstance(node.arg, nodes.Const)
+        and isinstance(node.arg.value, str)
+    ):
+        return node.arg.value
+    return None
+
+
+def _root_and_attribute(node: nodes.Node) -> tuple[str, str] | None:
+    """Return ('contact', 'x') for `contact.x` or `contact['x']`, else None."""
+    attribute = _attribute_name(node)
+    inner = getattr(node, "node", None)
+    if (
+        attribute is None
+        or not isinstance(inner, nodes.Name)
+        or inner.name not in ROOT_NAMES
+    ):
+        return None
+    return inner.name, attribute
+
+
+def _tested_defined(test: nodes.Node) -> set[tuple[str, str]]:
+    """Return the fields that an if-test requires to be defined: those under
+    `is defined`, alone or joined by `and`."""
+    if isinstance(test, nodes.And):
+        return _tested_defined(test.left) | _tested_defined(test.right)
+    if isinstance(test, nodes.Test) and test.name == "defined":
+        found = _root_and_attribute(test.node)
+        return {found} if found else set()
+    return set()
 
 
 def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:

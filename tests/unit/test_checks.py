@@ -387,6 +387,37 @@ def test_guarded_distant_field_accepted(tmp_path: Path, field: str) -> None:
     assert check_documents(tmp_path, documents, catalog=catalog) == []
 
 
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{% if contact.tier is defined %}{{ contact.tier }}{% endif %}",
+        "{% if contact.tier is defined and contact.city %}"
+        "{{ contact['tier'] }}{% endif %}",
+        "{% if contact.city %}{% elif contact.tier is defined %}"
+        "{{ contact.tier }}{% endif %}",
+    ],
+)
+def test_field_inside_defined_test_accepted(tmp_path: Path, subject: str) -> None:
+    catalog = Catalog(contact_fields={"email", "firstname", "city"})
+    documents = [email(subject=subject)]
+    assert check_documents(tmp_path, documents, catalog=catalog) == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{% if contact.tier is defined %}{% else %}{{ contact.tier }}{% endif %}",
+        "{% if contact.tier is defined or contact.city %}{{ contact.tier }}{% endif %}",
+        "{% if contact.city is defined %}{{ contact.tier }}{% endif %}",
+    ],
+)
+def test_field_outside_defined_test_rejected(tmp_path: Path, subject: str) -> None:
+    catalog = Catalog(contact_fields={"email", "firstname", "city"})
+    documents = [email(subject=subject)]
+    problem = single(check_documents(tmp_path, documents, catalog=catalog))
+    assert "unknown contact field 'tier'" in problem.message
+
+
 def test_unguarded_use_gives_error_only(tmp_path: Path) -> None:
     catalog = Catalog(contact_fields={"email", "firstname", "city"})
     subject = "{{ contact.citty }} {{ contact.citty | default('x') }}"
