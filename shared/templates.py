@@ -162,7 +162,8 @@ def _check_tree(
             f"unknown name {name!r}{hint}; templates can use 'contact' and 'content'",
         )
     yield from _check_forbidden(part, tree)
-    for root, attribute, guarded in _attributes(tree):
+    attributes = list(_attributes(tree))
+    for root, attribute, guarded in attributes:
         if attribute.startswith("_"):
             yield TemplateProblem(
                 part,
@@ -191,21 +192,21 @@ def _check_tree(
                 + ' | default("...") }}',
             )
     if known_fields is not None:
-        yield from _check_guarded_fields(part, tree, known_fields)
+        yield from _check_guarded_fields(part, attributes, known_fields)
 
 
 def _check_guarded_fields(
-    part: str, tree: nodes.Template, known_fields: set[str]
+    part: str, attributes: list[tuple[str, str, bool]], known_fields: set[str]
 ) -> Iterator[TemplateProblem]:
     """Warn once per unknown contact field that is always guarded but close to
     a known one: every contact still renders, but a typo hides the value."""
     unguarded = {
         attribute
-        for root, attribute, guarded in _attributes(tree)
+        for root, attribute, guarded in attributes
         if root == "contact" and not guarded
     }
     warned: set[str] = set()
-    for root, attribute, _ in _attributes(tree):
+    for root, attribute, _ in attributes:
         if (
             root != "contact"
             or attribute in known_fields
