@@ -10,9 +10,9 @@ most of the database's CPU. Each tick the coordinator therefore analyzes
 any of these tables in which more than 1,000 rows plus a fifth of its rows
 changed since its last analyze, which also makes prepared statements plan
 again. While it feeds a segment it does the same after every page, because
-the tiles start on a page's contacts at once: a 20,000-contact run whose
-statistics waited for the tick's last page spent 30 % of the
-database's statement time scanning all sends of the email tile for each contact.
+the tiles start on a page's contacts at once. In a 20,000-contact benchmark
+whose statistics waited for the tick's last page, scanning all sends of the
+email tile for each contact took 30 % of the database's statement time.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def refresh_statistics(conn: psycopg.Connection) -> list[str]:
     SKIP_LOCKED leaves a table that another coordinator or autovacuum is
     analyzing at that moment to them. Such a table is still in the list.
     """
-    # A session sends its row counts to the statistics views at most once a
-    # second. Sending them now lets the query below count what it just fed.
-    # PostgreSQL 14 and older lack the function and send the counts later.
+    # PostgreSQL sends a session's row counts to the statistics views in
+    # batches, not at each commit. Sending them now lets the query below
+    # count what this session just fed. PostgreSQL 14 and older lack the
+    # function and send the counts later.
     if conn.info.server_version >= 150000:
         conn.execute("SELECT pg_stat_force_next_flush()")
     stale = [

@@ -188,8 +188,8 @@ def start_embedded_postgres(data_dir: Path) -> Any:
     """Start the PostgreSQL server that pgserver bundles on `data_dir`, or
     return the one already running there. It stops when this process exits."""
     with warnings.catch_warnings():
-        # Importing pgserver asks platformdirs for a runtime folder, which
-        # warns when XDG_RUNTIME_DIR is unset, as on most servers. The
+        # Importing pgserver looks up a runtime folder with platformdirs,
+        # which warns when XDG_RUNTIME_DIR is unset, as on most servers. The
         # fallback under /tmp works.
         warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
         import pgserver

@@ -246,7 +246,7 @@ def test_coordinator_analyzes_the_tables_a_journey_fills(db, tmp_path):
     assert index_lines and "contact = ANY" in index_lines[0], plan
 
 
-def test_coordinator_analyzes_between_the_pages_it_feeds(db, tmp_path):
+def test_feed_analyzes_between_pages(db, tmp_path):
     """The tiles work on the first pages while later ones are fed, so the
     statistics cannot wait for the end of the tick: after three pages of
     1,000 the entries and steps have been analyzed."""
@@ -263,9 +263,9 @@ def test_coordinator_analyzes_between_the_pages_it_feeds(db, tmp_path):
             assert after[table] > before[table], table
 
 
-def test_batch_lookup_by_key_on_a_tile_statistics_missed(db):
-    """Contacts reach a tile after the last ANALYZE, so the statistics say it
-    has no steps. The engine's sessions still read a batch of 50 by key
+def test_batch_lookup_on_unanalyzed_tile(db):
+    """Contacts reach a tile after the last ANALYZE, so the statistics
+    estimate that it has no steps. The engine's sessions still read a batch of 50 by key
     instead of every step of that tile."""
     insert = (
         "INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)"
@@ -297,7 +297,7 @@ def test_batch_lookup_by_key_on_a_tile_statistics_missed(db):
     assert "Rows Removed by Filter" not in plan, plan
 
 
-def test_custom_plans_plan_for_the_value(db):
+def test_custom_plans_use_the_value(db):
     """The engine's sessions plan generically; inside custom_plans a range
     over timers is planned for the time given, so the plan shows the value."""
     with get_pool().connection() as conn:
