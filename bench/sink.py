@@ -1,5 +1,6 @@
 """An SMTP sink in its own process for the benchmark: it accepts every
 message and appends the recipient of each to a file, one line a message.
+Like most relays it offers PIPELINING; smtplib does not use it.
 
 Run: python bench/sink.py --port PORT --out FILE
 """
@@ -9,12 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-class RecordingHandler:
+from services.embedded.sink import PipeliningEhlo
+
+
+class RecordingHandler(PipeliningEhlo):
     def __init__(self, path: str) -> None:
         self.out = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 

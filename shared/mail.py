@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+import re
 import secrets
 import smtplib
 import ssl
@@ -113,6 +114,18 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
     return message_id, data
 
 
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def _content(data: bytes) -> bytes:
+    """Return message data as DATA carries it: each line that starts with a
+    dot gets another, and a line with a single dot ends it."""
+    quoted = _LEADING_DOT.sub(b"..", data)
+    if not quoted.endswith(b"\r\n"):
+        quoted += b"\r\n"
+    return quoted + b".\r\n"
+
+
 def _quoted_printable(body: str) -> bytes:
     lines = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
     return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
@@ -157,6 +170,8 @@ class SmtpSender:
         lost before DATA, and SmtpOutcomeUnknown when it was lost during DATA.
         """
         connection = self._connection()
+        if connection.has_extn("pipelining"):
+            return self._send_pipelined(connection, sender, recipient, data)
         try:
             self._envelope(connection, sender, recipient)
         except OSError as error:
@@ -167,7 +182,9 @@ class SmtpSender:
         try:
             code, reply = connection.data(data)
         except smtplib.SMTPResponseException as error:
-            # The server refused the DATA command itself, before any content.
+            # The server refused the DATA command itself, before any content,
+            # and the transaction that MAIL opened is still open.
+            self._reset(connection)
             return self._judge(connection, error.smtp_code, error.smtp_error)
         except OSError as error:
             self._drop()
@@ -179,6 +196,54 @@ class SmtpSender:
     def close(self) -> None:
         self._drop()
 
+    def _send_pipelined(
+        self, connection: smtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> tuple[int, str]:
+        """Send MAIL, RCPT and DATA in one write (RFC 2920) and the content
+        after the 354 reply: two round trips instead of four."""
+        try:
+            connection.send(
+                f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+            )
+            replies = [connection.getreply() for _ in range(3)]
+        except OSError as error:
+            self._drop()
+            raise SmtpTemporaryError(
+                f"SMTP connection lost before DATA: {error}"
+            ) from error
+        (mail, mail_text), (rcpt, rcpt_text), (ready, ready_text) = replies
+        refusal = None
+        if mail != 250:
+            refusal = (mail, mail_text)
+        elif rcpt not in (250, 251):
+            refusal = (rcpt, rcpt_text)
+        if refusal is not None or ready != 354:
+            if ready == 354:
+                # A server that takes DATA after refusing the envelope waits
+                # for content, and would read even QUIT as content. Only
+                # closing the connection ends that safely.
+                self._drop(quit=False)
+            else:
+                self._reset(connection)
+            return self._judge(connection, *(refusal or (ready, ready_text)))
+        try:
+            connection.send(_content(data))
+            code, reply = connection.getreply()
+        except OSError as error:
+            self._drop()
+            raise SmtpOutcomeUnknown(
+                f"SMTP connection lost during DATA: {error}"
+            ) from error
+        return self._judge(connection, code, reply)
+
+    def _reset(self, connection: smtplib.SMTP) -> None:
+        """End the open transaction; a connection that fails at it is closed
+        and the next send opens another."""
+        try:
+            connection.rset()
+        except OSError:
+            self._drop()
+
     def _envelope(self, connection: smtplib.SMTP, sender: str, recipient: str) -> None:
         # The recipient passed normalize_address and the sender's definition
         # was checked when it loaded, so both go out as they are. smtplib's
@@ -186,11 +251,11 @@ class SmtpSender:
         # rejects a line break.
         code, reply = connection.docmd("mail", f"FROM:<{sender}>")
         if code != 250:
-            connection.rset()
+            self._reset(connection)
             self._judge(connection, code, reply)
         code, reply = connection.docmd("rcpt", f"TO:<{recipient}>")
         if code not in (250, 251):
-            connection.rset()
+            self._reset(connection)
             self._judge(connection, code, reply)
 
     def _judge(
@@ -236,15 +301,23 @@ class SmtpSender:
             connection.ehlo()
         if target.username:
             connection.login(target.username, target.password or "")
-        logger.info("opened SMTP connection to %s:%s", target.host, target.port)
+        logger.info(
+            "opened SMTP connection to %s:%s%s",
+            target.host,
+            target.port,
+            ", pipelining" if connection.has_extn("pipelining") else "",
+        )
         return connection
 
-    def _drop(self) -> None:
+    def _drop(self, quit: bool = True) -> None:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
         if connection is None:
             return
-        try:
-            connection.quit()
-        except (smtplib.SMTPException, OSError):
-            connection.close()
+        if quit:
+            try:
+                connection.quit()
+                return
+            except (smtplib.SMTPException, OSError):
+                pass
+        connection.close()

@@ -1,0 +1,242 @@
+"""The SMTP sender against servers on loopback, with and without PIPELINING:
+each reply maps to the right outcome, and the connection stays usable for
+the next email after every refusal."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.embedded.sink import SmtpSink
+from shared.config import SmtpTarget
+from shared.errors import SmtpTemporaryError
+from shared.mail import SmtpOutcomeUnknown, SmtpRejected, SmtpSender
+
+pytestmark = pytest.mark.integration
+
+SENDER = "news@sender.example.com"
+# A line that starts with a dot must arrive as it was sent.
+DATA = b"Subject: hello\r\n\r\nfirst line\r\n.second line starts with a dot\r\n"
+
+
+class Refusals:
+    """Replies that the sink gives to chosen recipients, at each stage."""
+
+    def __init__(self, sink: SmtpSink) -> None:
+        self.at_mail: dict[str, str] = {}
+        self.at_rcpt: dict[str, str] = {}
+        self.at_end: dict[str, str] = {}
+        self.drop_at_rcpt: set[str] = set()
+        self.drop_after_end: set[str] = set()
+        handler = sink.handler
+        store = handler.handle_DATA
+        handler.handle_MAIL = self._mail  # type: ignore[attr-defined]
+        handler.handle_RCPT = self._rcpt  # type: ignore[attr-defined]
+        handler.choose_reply = self.at_end.get
+
+        async def handle_data(server: Any, session: Any, envelope: Any) -> str:
+            reply = await store(server, session, envelope)
+            if envelope.rcpt_tos[0] in self.drop_after_end:
+                server.transport.abort()
+            return reply
+
+        handler.handle_DATA = handle_data  # type: ignore[method-assign]
+        # The sender that MAIL FROM would refuse is named by the next RCPT, so
+        # the refusal is keyed on the sender address.
+        self.sink = sink
+
+    async def _mail(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list
+    ) -> str:
+        if address in self.at_mail:
+            return self.at_mail[address]
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def _rcpt(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list
+    ) -> str:
+        if address in self.drop_at_rcpt:
+            server.transport.abort()
+            return "421 closing"  # never reaches the client
+        if address in self.at_rcpt:
+            return self.at_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-command-a-trip"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    server = SmtpSink(pipelining=request.param).start()
+    yield server
+    server.stop()
+
+
+def _sender(port: int) -> SmtpSender:
+    return SmtpSender(SmtpTarget(host="127.0.0.1", port=port), timeout=5)
+
+
+def _stored(sink: SmtpSink) -> list[bytes]:
+    return list(sink.handler.messages)
+
+
+def test_message_arrives_as_sent(sink: SmtpSink) -> None:
+    sender = _sender(sink.port)
+    try:
+        code, _ = sender.send(SENDER, "anna@example.com", DATA)
+        connection = sender._connection()
+        assert connection.has_extn("pipelining") is sink.handler.pipelining
+    finally:
+        sender.close()
+    assert code == 250
+    assert _stored(sink) == [DATA]
+
+
+def test_each_refusal_maps_to_its_outcome_and_the_next_email_goes_out(
+    sink: SmtpSink,
+) -> None:
+    refusals = Refusals(sink)
+    refusals.at_mail["bad-sender@sender.example.com"] = "553 5.7.1 sender refused"
+    refusals.at_rcpt["gone@example.com"] = "550 5.1.1 no such user"
+    refusals.at_rcpt["grey@example.com"] = "451 4.7.1 greylisted"
+    refusals.at_end["spam@example.com"] = "554 5.7.1 looks like spam"
+    refusals.at_end["busy@example.com"] = "452 4.3.1 mailbox busy"
+    refusals.drop_at_rcpt.add("reset@example.com")
+    refusals.drop_after_end.add("lost@example.com")
+    sender = _sender(sink.port)
+    outcomes = []
+    cases = [
+        ("bad-sender@sender.example.com", "anna@example.com"),
+        ("gone@example.com",),
+        ("grey@example.com",),
+        ("spam@example.com",),
+        ("busy@example.com",),
+        ("reset@example.com",),
+        ("lost@example.com",),
+    ]
+    try:
+        for case in cases:
+            from_address, to = (case if len(case) == 2 else (SENDER, case[0]))
+            try:
+                sender.send(from_address, to, DATA)
+                outcomes.append("sent")
+            except SmtpRejected as error:
+                outcomes.append(f"rejected {error.code}")
+            except SmtpOutcomeUnknown:
+                outcomes.append("unknown")
+            except SmtpTemporaryError as error:
+                outcomes.append(f"temporary: {error}")
+            # After each case the same sender delivers the next email.
+            code, _ = sender.send(SENDER, "next@example.com", DATA)
+            assert code == 250, case
+    finally:
+        sender.close()
+    # The text after a lost connection's colon comes from the socket layer.
+    outcomes = [outcome.partition(": Connection")[0] for outcome in outcomes]
+    assert outcomes == [
+        "rejected 553",
+        "rejected 550",
+        "temporary: SMTP server replied 451 4.7.1 greylisted",
+        "rejected 554",
+        "temporary: SMTP server replied 452 4.3.1 mailbox busy",
+        "temporary: SMTP connection lost before DATA",
+        "unknown",
+    ]
+    # Stored: the seven emails to next@ and the one whose reply was lost.
+    assert len(_stored(sink)) == len(cases) + 1
+
+
+class ScriptedServer:
+    """An SMTP server for one connection that offers PIPELINING and answers
+    each command line from a script; it records the lines it received."""
+
+    def __init__(self, replies: dict[str, list[str]]) -> None:
+        self.replies = {verb: list(answers) for verb, answers in replies.items()}
+        self.received: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(10)
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 scripted\r\n")
+            in_data = False
+            for raw in lines:
+                line = raw.decode().rstrip("\r\n")
+                self.received.append(line)
+                if in_data:
+                    if line == ".":
+                        in_data = False
+                        connection.sendall(self._answer("END"))
+                    continue
+                verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+                answer = self._answer(verb)
+                connection.sendall(answer)
+                in_data = verb == "DATA" and answer.startswith(b"354")
+                if verb == "QUIT":
+                    return
+
+    def _answer(self, verb: str) -> bytes:
+        if verb == "EHLO":
+            return b"250-scripted\r\n250 PIPELINING\r\n"
+        queue = self.replies.get(verb)
+        reply = queue.pop(0) if queue else {"QUIT": "221 bye", "DATA": "354 go"}.get(
+            verb, "250 OK"
+        )
+        return f"{reply}\r\n".encode()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+def test_refused_data_command_resets_the_transaction() -> None:
+    """A 451 to DATA after an accepted envelope is a temporary failure; the
+    sender resets the open transaction, so the next MAIL is accepted."""
+    server = ScriptedServer({"DATA": ["451 4.3.0 try later"]})
+    sender = _sender(server.port)
+    try:
+        with pytest.raises(SmtpTemporaryError, match="451"):
+            sender.send(SENDER, "anna@example.com", DATA)
+        code, _ = sender.send(SENDER, "bob@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert code == 250
+    # smtplib writes EHLO and RSET in lower case; servers take either.
+    assert [line.lower() for line in server.received[1:6]] == [
+        f"mail from:<{SENDER}>",
+        "rcpt to:<anna@example.com>",
+        "data",
+        "rset",
+        f"mail from:<{SENDER}>",
+    ]
+
+
+def test_data_accepted_after_refused_recipient_sends_no_content() -> None:
+    """A server that answers 354 although it refused the only recipient gets
+    no message content: the sender closes the connection and reports the
+    recipient's refusal."""
+    server = ScriptedServer({"RCPT": ["550 5.1.1 no such user"]})
+    sender = _sender(server.port)
+    try:
+        with pytest.raises(SmtpRejected) as refused:
+            sender.send(SENDER, "gone@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert refused.value.code == 550
+    assert "first line" not in server.received
+    assert server.received[-1] == "DATA"
