@@ -6,7 +6,6 @@ confirms."""
 from __future__ import annotations
 
 import smtplib
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,27 +14,23 @@ from pathlib import Path
 import pika
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shared.mail import Envelope, build_message
-from shared.templates import RenderedEmail
-
 
 def smtp_ceiling(
     folder: Path,
-    count: int,
+    messages: list[tuple[str, bytes]],
     connections: int,
     start_sink: Callable,
     database_url: str | None = None,
 ) -> float:
     """Emails per second that smtplib alone delivers to the sink.
 
-    With a database, each email first commits one statement that records
-    the reply to the email before and a 'sending' row for this one, in a
-    table of its own. An engine that never sends an email twice writes at
-    least that much per email.
+    `messages` are (recipient, message) pairs: the emails that the engine
+    sent, as its sink received them. With a database, each email first
+    commits one statement that records the reply to the email before and a
+    'sending' row for this one, in a table of its own. An engine that never
+    sends an email twice writes at least that much per email.
     """
-    messages = [_message(n) for n in range(1, count + 1)]
+    count = len(messages)
     if database_url is not None:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(_RECORD_TABLE)
@@ -70,24 +65,6 @@ def smtp_ceiling(
             f"the SMTP baseline sink received {received} of {count} emails"
         )
     return count / elapsed
-
-
-def _message(n: int) -> tuple[str, bytes]:
-    address = f"c{n}@example.com"
-    envelope = Envelope(
-        sender_name="Test Sender",
-        sender_address="news@sender.example.com",
-        recipient_name=f"Name{n}",
-        recipient_address=address,
-        unsubscribe_url=f"https://prefs.example.com/unsubscribe?token=t{n}",
-        unsubscribe_mailto=f"mailto:unsubscribe@sender.example.com?subject=t{n}",
-    )
-    rendered = RenderedEmail(
-        subject=f"Hello Name{n}",
-        html=f"<p>Hello Name{n},</p><p>news for you.</p>",
-        text=f"Hello Name{n},\n\nnews for you.\n",
-    )
-    return address, build_message(envelope, rendered)[1]
 
 
 _RECORD_TABLE = """

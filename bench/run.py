@@ -37,6 +37,7 @@ from common import ROOT, processes, scratch_database, scratch_vhost  # type: ign
 sys.path.insert(0, str(ROOT))
 
 from baselines import broker_ceiling, smtp_ceiling  # type: ignore[import-not-found]
+from sink import read_kept  # type: ignore[import-not-found]
 
 from shared.contacts import import_contacts
 from shared.golive import go_live_paths
@@ -88,15 +89,15 @@ def main() -> None:
                 f"over {connections} connections ...",
                 flush=True,
             )
-            smtp = smtp_ceiling(work, args.contacts, connections, start_sink)
+            # The baselines send the very emails that the engine's sink got.
+            sent = read_kept(work / "engine-messages")
+            smtp = smtp_ceiling(work, sent, connections, start_sink)
             print(
                 f"R: {args.contacts} pre-rendered emails, one commit each ...",
                 flush=True,
             )
             with scratch_database() as record_url:
-                record = smtp_ceiling(
-                    work, args.contacts, connections, start_sink, record_url
-                )
+                record = smtp_ceiling(work, sent, connections, start_sink, record_url)
             print(
                 f"B: {args.contacts} persistent messages with confirms ...", flush=True
             )
@@ -112,20 +113,21 @@ def main() -> None:
         args.markdown.write_text(markdown(results))
 
 
-def start_sink(folder: Path, name: str) -> tuple[subprocess.Popen, int, Path]:
+def start_sink(
+    folder: Path, name: str, keep: Path | None = None
+) -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
     out = folder / f"{name}-recipients.txt"
     out.touch()
-    sink = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("sink.py")),
-            "--port",
-            str(port),
-            "--out",
-            str(out),
-        ]
-    )
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("sink.py")),
+        "--port",
+        str(port),
+        "--out",
+        str(out),
+    ]
+    sink = subprocess.Popen([*command, "--keep", str(keep)] if keep else command)
     wait_until(lambda: _listening(port), 30, what="the SMTP sink")
     return sink, port, out
 
@@ -147,7 +149,7 @@ def _lines(path: Path) -> list[str]:
 def measure_engine(
     folder: Path, count: int, workers: int, threads: int
 ) -> dict[str, Any]:
-    sink, port, out = start_sink(folder, "engine")
+    sink, port, out = start_sink(folder, "engine", folder / "engine-messages")
     try:
         with scratch_database() as url, scratch_vhost() as broker_url:
             group = processes(

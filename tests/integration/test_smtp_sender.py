@@ -122,7 +122,7 @@ def test_each_refusal_maps_to_its_outcome_and_the_next_email_goes_out(
     ]
     try:
         for case in cases:
-            from_address, to = (case if len(case) == 2 else (SENDER, case[0]))
+            from_address, to = case if len(case) == 2 else (SENDER, case[0])
             try:
                 sender.send(from_address, to, DATA)
                 outcomes.append("sent")
@@ -192,8 +192,10 @@ class ScriptedServer:
         if verb == "EHLO":
             return b"250-scripted\r\n250 PIPELINING\r\n"
         queue = self.replies.get(verb)
-        reply = queue.pop(0) if queue else {"QUIT": "221 bye", "DATA": "354 go"}.get(
-            verb, "250 OK"
+        reply = (
+            queue.pop(0)
+            if queue
+            else {"QUIT": "221 bye", "DATA": "354 go"}.get(verb, "250 OK")
         )
         return f"{reply}\r\n".encode()
 
