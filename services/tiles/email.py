@@ -15,6 +15,7 @@ crashed one. The next tile's messages go out once for the whole batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -444,7 +445,8 @@ class SendRun:
             **(self._reply_params(reply) if reply else _NO_REPLY),
             **(_mark_params(*mark) if mark else _NO_MARK),
         }
-        row = self.cursor.execute(_RECORD_AND_MARK, params).fetchone()
+        statement = _record_and_mark(_parts_for(params))
+        row = self.cursor.execute(statement, params).fetchone()
         # Only now is the reply recorded. After a failed statement, flush()
         # records it again on its own.
         self.pending = None
@@ -494,77 +496,118 @@ class SendRun:
         }
 
 
-# One statement, so one round trip and one commit, per email. The parts whose
-# parameters are NULL or false do nothing: without a reply only the mark
-# runs, without a mark only the record. The lock released at the end belongs
-# to the contact recorded by the statement before, which has committed.
-# left_journey reads finished so that the step row is locked before the
-# entry row, the order in which end_journey and stop_contacts lock them,
-# because the other order deadlocks with them. finished does not check the
-# step's state, so a step that the journey's end stopped while the email was
-# in flight still records that it was sent.
-_RECORD_AND_MARK = """
-WITH recorded AS (
+# One statement, so one round trip and one commit, per email. It is put
+# together from the parts below that this email needs: without a reply only
+# the mark runs, without a mark only the record, and the hand-on, the exit
+# from the journey and the bounce only when the reply calls for them. Each
+# part a statement carries costs its execution whether it changes rows or
+# not: it opens and locks its table and that table's indexes. The lock
+# released at the end belongs to the contact recorded by the statement
+# before, which has committed. left_journey reads finished so that the step
+# row is locked before the entry row, the order in which end_journey and
+# stop_contacts lock them, because the other order deadlocks with them.
+# finished does not check the step's state, so a step that the journey's end
+# stopped while the email was in flight still records that it was sent.
+_PARTS = {
+    "recorded": """
     UPDATE sends SET state = %(r_state)s::text, smtp_code = %(r_code)s::integer,
         smtp_reply = %(r_text)s::text, finished_at = %(now)s
     WHERE id = %(r_send)s::bigint
-    RETURNING id),
-bounced AS (
+    RETURNING id""",
+    "bounced": """
     UPDATE contacts SET bounced_at = %(now)s
-    WHERE %(r_bounced)s::boolean AND id = %(r_contact)s::bigint
-      AND bounced_at IS NULL
-    RETURNING id),
-finished AS (
+    WHERE id = %(r_contact)s::bigint AND bounced_at IS NULL
+    RETURNING id""",
+    "finished": """
     UPDATE steps SET state = %(step_state)s::text, outcome = %(step_outcome)s::text,
         reason = %(step_reason)s::text, done_at = %(now)s
-    WHERE %(step_state)s::text IS NOT NULL AND journey_id = %(journey)s::integer
+    WHERE journey_id = %(journey)s::integer
       AND tile = %(tile)s::text AND contact = %(r_contact)s::bigint
-    RETURNING contact),
-left_journey AS (
+    RETURNING contact""",
+    "left_journey": """
     UPDATE entries SET state = %(entry_state)s::text,
         reason = %(exit_reason)s::text, left_at = %(now)s
-    WHERE %(entry_state)s::text IS NOT NULL AND journey_id = %(journey)s::integer
+    WHERE journey_id = %(journey)s::integer
       AND contact IN (SELECT contact FROM finished) AND state = 'in_progress'
-    RETURNING contact),
-handed AS (
+    RETURNING contact""",
+    "handed": """
     INSERT INTO steps (journey_id, tile, contact, version, state, entered_at)
     SELECT %(journey)s::integer, %(next_tile)s::text, %(r_contact)s::bigint,
         %(version)s::integer, 'in_progress', %(now)s
-    WHERE %(next_tile)s::text IS NOT NULL
-      AND EXISTS (SELECT 1 FROM journeys WHERE id = %(journey)s::integer
+    WHERE EXISTS (SELECT 1 FROM journeys WHERE id = %(journey)s::integer
                   AND status = 'live' AND end_at > %(now)s)
-    ON CONFLICT DO NOTHING RETURNING contact),
-queued AS (
+    ON CONFLICT DO NOTHING RETURNING contact""",
+    "queued": """
     INSERT INTO outbox (journey_id, version, tile, contact)
     SELECT %(journey)s::integer, %(version)s::integer, %(next_tile)s::text, contact
     FROM handed
-    RETURNING id),
-lock AS (
-    SELECT pg_try_advisory_lock(%(journey)s::integer, %(m_key)s::integer) AS held
-    WHERE %(m_key)s::integer IS NOT NULL),
-marked AS (
+    RETURNING id""",
+    "lock": """
+    SELECT pg_try_advisory_lock(%(journey)s::integer, %(m_key)s::integer) AS held""",
+    "marked": """
     INSERT INTO sends (id, journey_id, tile, contact, address, state, message_id,
                        links, started_at)
     SELECT %(m_id)s::bigint, %(journey)s::integer, %(tile)s::text,
         %(m_contact)s::bigint, %(address)s::text, 'sending',
         %(message_id)s::text, %(links)s::jsonb, %(now)s
-    FROM lock WHERE lock.held AND NOT %(retry)s::boolean
-    ON CONFLICT DO NOTHING RETURNING id),
-remarked AS (
+    FROM lock WHERE lock.held
+    ON CONFLICT DO NOTHING RETURNING id""",
+    "remarked": """
     UPDATE sends SET state = 'sending', attempts = attempts + 1,
         message_id = %(message_id)s::text, links = %(links)s::jsonb,
         started_at = %(now)s
-    FROM lock WHERE lock.held AND %(retry)s::boolean
-      AND id = %(m_id)s::bigint AND state = 'deferred'
-    RETURNING sends.id),
-released AS (
-    SELECT pg_advisory_unlock(%(journey)s::integer, %(unlock_key)s::integer)
-    WHERE %(unlock_key)s::integer IS NOT NULL)
-SELECT (SELECT held FROM lock),
-       (SELECT id FROM marked UNION ALL SELECT id FROM remarked LIMIT 1),
-       (SELECT array_agg(id ORDER BY id) FROM queued)
-FROM (SELECT count(*) FROM released) AS unlocked
-"""
+    FROM lock WHERE lock.held AND id = %(m_id)s::bigint AND state = 'deferred'
+    RETURNING sends.id""",
+    "released": """
+    SELECT pg_advisory_unlock(%(journey)s::integer, %(unlock_key)s::integer)""",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _record_and_mark(parts: frozenset[str]) -> str:
+    """Return the statement made of these parts. Its one row holds whether
+    the mark's lock was taken, the id of the 'sending' record written, and
+    the ids of the outbox rows queued for the next tile, each NULL where the
+    statement has no such part."""
+    ctes = ",\n".join(
+        f"{name} AS ({body})" for name, body in _PARTS.items() if name in parts
+    )
+    written = " UNION ALL ".join(
+        f"SELECT id FROM {name}" for name in ("marked", "remarked") if name in parts
+    )
+    columns = ", ".join(
+        (
+            "(SELECT held FROM lock)" if "lock" in parts else "NULL::boolean",
+            f"({written} LIMIT 1)" if written else "NULL::bigint",
+            "(SELECT array_agg(id ORDER BY id) FROM queued)"
+            if "queued" in parts
+            else "NULL::bigint[]",
+        )
+    )
+    # released is a plain SELECT, which runs only when the query reads it.
+    unlocked = " FROM (SELECT count(*) FROM released) AS unlocked"
+    prefix = f"WITH {ctes}\n" if ctes else ""
+    return f"{prefix}SELECT {columns}{unlocked if 'released' in parts else ''}"
+
+
+def _parts_for(params: dict[str, object]) -> frozenset[str]:
+    parts = set()
+    if params["r_send"] is not None:
+        parts.add("recorded")
+        if params["r_bounced"]:
+            parts.add("bounced")
+        if params["step_state"] is not None:
+            parts.add("finished")
+            if params["entry_state"] is not None:
+                parts.add("left_journey")
+            if params["next_tile"] is not None:
+                parts.update(("handed", "queued"))
+    if params["m_key"] is not None:
+        parts.update(("lock", "remarked" if params["retry"] else "marked"))
+    if params["unlock_key"] is not None:
+        parts.add("released")
+    return frozenset(parts)
+
 
 _NO_REPLY: dict[str, object] = dict.fromkeys(
     (

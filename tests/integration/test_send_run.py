@@ -4,6 +4,7 @@ SMTP sink on loopback: each reply is committed with the next contact's
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 import yaml
+from psycopg.types.json import Jsonb
 
 from services.coordinator.loop import tick
 from services.tiles import actors  # noqa: F401  (the stub broker needs the actors)
@@ -235,3 +237,58 @@ def test_recovery_keeps_a_reply_recorded_since(db, sink_settings, tmp_path):
         (contact,),
     )
     assert step.fetchone() == ("in_progress",)
+
+
+def test_every_statement_the_send_loop_can_build_runs(db):
+    """Each combination of parts that a reply and a mark can call for makes a
+    statement that PostgreSQL plans with the loop's parameter types."""
+    reply = {
+        "r_send": 1,
+        "r_contact": 1,
+        "r_state": "accepted",
+        "r_code": 250,
+        "r_text": "ok",
+        "step_outcome": "sent",
+        "step_reason": None,
+        "exit_reason": None,
+    }
+    mark = {
+        "m_key": 1,
+        "m_id": 2,
+        "m_contact": 2,
+        "address": "a@example.com",
+        "message_id": "<m@example.com>",
+        "links": Jsonb([]),
+    }
+    shapes = set()
+    for has_reply, bounced, step_state, entry_state, next_tile in itertools.product(
+        (False, True), (False, True), (None, "completed"), (None, "left"), (None, "b")
+    ):
+        for has_mark, retry, unlock_key in itertools.product(
+            (False, True), (False, True), (None, 7)
+        ):
+            if not (has_reply or has_mark):
+                continue
+            params = {
+                **email_tile._NO_REPLY,
+                **email_tile._NO_MARK,
+                "journey": 1,
+                "version": 1,
+                "tile": "t",
+                "now": datetime.now(UTC),
+                "unlock_key": unlock_key,
+            }
+            if has_reply:
+                params |= reply | {
+                    "r_bounced": bounced,
+                    "step_state": step_state,
+                    "entry_state": entry_state,
+                    "next_tile": next_tile,
+                }
+            if has_mark:
+                params |= mark | {"retry": retry}
+            statement = email_tile._record_and_mark(email_tile._parts_for(params))
+            shapes.add(statement)
+            with db.transaction(force_rollback=True):
+                db.execute("EXPLAIN " + statement, params)
+    assert len(shapes) > 20

@@ -7,9 +7,17 @@ import email.policy
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from shared.definitions import Email
-from shared.mail import Envelope, build_message, normalize_address, split_sender
+from shared.mail import (
+    Envelope,
+    build_message,
+    checked_address,
+    normalize_address,
+    split_sender,
+)
 from shared.templates import CompiledEmail, RenderedEmail
 
 TOKEN = "AQEAAAAHAAAAAAAB4kCZzHyOetx5h0fQwb4"
@@ -152,6 +160,56 @@ def test_non_ascii_subject_encoded() -> None:
 )
 def test_normalize_address(address: str, expected: str | None) -> None:
     assert normalize_address(address) == expected
+
+
+# Characters that make a local part plain, and ones that make it need the
+# full check: quotes, spaces, brackets, non-ASCII letters, a second @.
+_LOCAL_CHARACTERS = "aZ09.!#$%&'*+/=?^_`{|}~-" + '" @()<>,;:\\[]\t\u00e9\u00fc'
+_DOMAINS = [
+    "example.com",
+    "Example.COM",
+    "mail.example.org",
+    "b\u00fccher.de",
+    "localhost",
+    "example.test",
+    "example.invalid",
+    "example.local",
+    "123.456",
+    "[192.168.0.1]",
+    "-example.com",
+    "example-.com",
+    "example..com",
+    "example.com.",
+    "x" * 63 + ".com",
+    "x" * 64 + ".com",
+    ".".join(["y" * 60] * 4) + ".com",
+    "",
+]
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    local=st.one_of(
+        st.text(alphabet=_LOCAL_CHARACTERS, max_size=70),
+        st.from_regex(r"[a-z0-9+_-]{1,30}(\.[A-Za-z0-9'~]{1,30}){0,2}", fullmatch=True),
+    ),
+    domain=st.one_of(
+        st.sampled_from(_DOMAINS),
+        st.text(alphabet="ab0-.X\u00fc", max_size=70),
+    ),
+)
+@example(local="a" * 64, domain="example.com")
+@example(local="a" * 65, domain="example.com")
+@example(local="a" * 64, domain=".".join(["y" * 61] * 3) + ".com")
+@example(local="a" * 10, domain=".".join(["y" * 61] * 4))
+def test_short_way_agrees_with_the_full_check(local: str, domain: str) -> None:
+    address = f"{local}@{domain}"
+    assert normalize_address(address) == checked_address(address)
+
+
+@given(st.text(max_size=80))
+def test_any_text_gets_the_full_check_answer(address: str) -> None:
+    assert normalize_address(address) == checked_address(address)
 
 
 @pytest.mark.parametrize(
