@@ -475,6 +475,11 @@ def test_broker_restart_mid_run(restartable_broker, db, processes, smtp_sink, tm
         {"id": "done", "type": "exit"},
     ]
     _go_live(db, write_definitions(tmp_path, tiles=tiles))
+    # The sink's replies, 5 ms apart, keep the worker threads inside their
+    # batches when the broker stops, so that batches end, and fail to
+    # publish, during the outage. At full speed a run could fall between
+    # batches and leave nothing to republish.
+    smtp_sink.handler.on_accepted = lambda _recipient: time.sleep(0.005)
     workers, coordinator = _start_on_broker(processes, restartable_broker, 15)
 
     wait_until(
