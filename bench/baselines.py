@@ -1,7 +1,7 @@
 """The ceilings the engine is measured against: plain smtplib sending
-pre-rendered emails, the same with a send record committed per email, and
-plain pika publishing and consuming persistent messages with publisher
-confirms."""
+pre-rendered emails, the same with a send record committed per email or
+with the engine's pipelining SMTP client, and plain pika publishing and
+consuming persistent messages with publisher confirms."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from pathlib import Path
 import pika
 import psycopg
 
+from shared.config import SmtpTarget
+from shared.mail import SmtpSender
+
+SENDER = "news@sender.example.com"
+
 
 def smtp_ceiling(
     folder: Path,
@@ -21,6 +26,7 @@ def smtp_ceiling(
     connections: int,
     start_sink: Callable,
     database_url: str | None = None,
+    pipelined: bool = False,
 ) -> float:
     """Emails per second that smtplib alone delivers to the sink.
 
@@ -28,22 +34,23 @@ def smtp_ceiling(
     sent, as its sink received them. With a database, each email first
     commits one statement that records the reply to the email before and a
     'sending' row for this one, in a table of its own. An engine that never
-    sends an email twice writes at least that much per email.
+    sends an email twice writes at least that much per email. `pipelined`
+    sends through the engine's own SMTP client, which pipelines MAIL, RCPT
+    and DATA where the server offers it, instead of smtplib's sendmail().
     """
     count = len(messages)
     if database_url is not None:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(_RECORD_TABLE)
-    sink, port, out = start_sink(
-        folder, "smtp-baseline" if database_url is None else "record-baseline"
-    )
+    name = "record" if database_url else "pipelined" if pipelined else "smtp"
+    sink, port, out = start_sink(folder, f"{name}-baseline")
     try:
         started = time.monotonic()
         errors: list[BaseException] = []
         threads = [
             threading.Thread(
                 target=_send_share,
-                args=(port, messages[i::connections], database_url, errors),
+                args=(port, messages[i::connections], database_url, pipelined, errors),
             )
             for i in range(connections)
         ]
@@ -87,10 +94,19 @@ def _send_share(
     port: int,
     messages: list[tuple[str, bytes]],
     database_url: str | None,
+    pipelined: bool,
     errors: list[BaseException],
 ) -> None:
     try:
-        _send(port, messages, database_url)
+        if pipelined:
+            sender = SmtpSender(SmtpTarget(host="127.0.0.1", port=port), timeout=30)
+            try:
+                for address, data in messages:
+                    sender.send(SENDER, address, data)
+            finally:
+                sender.close()
+        else:
+            _send(port, messages, database_url)
     except BaseException as error:
         errors.append(error)
         raise
@@ -115,7 +131,7 @@ def _send(
                     )
                 if address is None:
                     break
-                connection.sendmail("news@sender.example.com", [address], data)
+                connection.sendmail(SENDER, [address], data)
                 # sendmail() returns only the refused recipients, not the
                 # reply text, so the record stores a fixed one.
                 previous = (address, "250 accepted")

@@ -8,6 +8,8 @@ E: contacts per second from go-live to the last email accepted by an SMTP
    server is configured).
 S: the same emails, pre-rendered, sent by plain smtplib over as many
    persistent connections as the workers have threads: the SMTP ceiling.
+P: the same, sent by the engine's SMTP client alone, which pipelines MAIL,
+   RCPT and DATA where the server offers it, as the sink does.
 R: S with one PostgreSQL commit per email that records the reply to the
    email before and a 'sending' row for this one: what the commit that the
    engine needs before each email costs plain smtplib on this machine.
@@ -81,17 +83,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
-        engine = measure_engine(work, args.contacts, args.processes, args.threads)
-        smtp = record = broker = None
-        if not args.engine_only:
+        # The baselines send the very emails that the engine's sink got.
+        kept = None if args.engine_only else work / "engine-messages"
+        engine = measure_engine(work, args.contacts, args.processes, args.threads, kept)
+        smtp = pipelined = record = broker = None
+        if kept is not None:
+            sent = read_kept(kept)
+            if len(sent) != args.contacts:
+                raise RuntimeError(
+                    f"the engine's sink kept {len(sent)} emails, "
+                    f"expected {args.contacts}"
+                )
             print(
                 f"S: {args.contacts} pre-rendered emails "
                 f"over {connections} connections ...",
                 flush=True,
             )
-            # The baselines send the very emails that the engine's sink got.
-            sent = read_kept(work / "engine-messages")
             smtp = smtp_ceiling(work, sent, connections, start_sink)
+            print(f"P: {args.contacts} pre-rendered emails, pipelined ...", flush=True)
+            pipelined = smtp_ceiling(
+                work, sent, connections, start_sink, pipelined=True
+            )
             print(
                 f"R: {args.contacts} pre-rendered emails, one commit each ...",
                 flush=True,
@@ -104,7 +116,7 @@ def main() -> None:
             with scratch_vhost() as broker_url:
                 broker = broker_ceiling(broker_url, args.contacts)
 
-    results = summarise(args, engine, smtp, record, broker)
+    results = summarise(args, engine, smtp, pipelined, record, broker)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -147,9 +159,9 @@ def _lines(path: Path) -> list[str]:
 
 
 def measure_engine(
-    folder: Path, count: int, workers: int, threads: int
+    folder: Path, count: int, workers: int, threads: int, kept: Path | None
 ) -> dict[str, Any]:
-    sink, port, out = start_sink(folder, "engine", folder / "engine-messages")
+    sink, port, out = start_sink(folder, "engine", kept)
     try:
         with scratch_database() as url, scratch_vhost() as broker_url:
             group = processes(
@@ -288,7 +300,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def summarise(args, engine, smtp, record, broker) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def summarise(args, engine, smtp, pipelined, record, broker) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     count = args.contacts
     expected = {f"c{n}@example.com" for n in range(1, count + 1)}
     received = engine["received"]
@@ -299,9 +311,11 @@ def summarise(args, engine, smtp, record, broker) -> dict[str, Any]:  # type: ig
         "threads_per_process": args.threads,
         "e_per_s": round(engine["per_second"], 1),
         "s_per_s": _rounded(smtp, 1),
+        "p_per_s": _rounded(pipelined, 1),
         "r_per_s": _rounded(record, 1),
         "b_per_s": _rounded(broker, 1),
         "e_over_s": _rounded(smtp and engine["per_second"] / smtp, 3),
+        "e_over_p": _rounded(pipelined and engine["per_second"] / pipelined, 3),
         "r_over_s": _rounded(smtp and record and record / smtp, 3),
         "e_over_r": _rounded(record and engine["per_second"] / record, 3),
         "e_over_b": _rounded(broker and engine["per_second"] / broker, 3),
@@ -330,9 +344,11 @@ def markdown(results: dict[str, Any]) -> str:
         ("contacts", results["contacts"]),
         ("E: engine, contacts/s", results["e_per_s"]),
         ("S: plain smtplib, emails/s", results["s_per_s"]),
+        ("P: the engine's pipelining SMTP client alone, emails/s", results["p_per_s"]),
         ("R: smtplib with one commit per email, emails/s", results["r_per_s"]),
         ("B: plain pika, messages/s", results["b_per_s"]),
         ("E/S", results["e_over_s"]),
+        ("E/P", results["e_over_p"]),
         ("R/S", results["r_over_s"]),
         ("E/R", results["e_over_r"]),
         ("E/B", results["e_over_b"]),

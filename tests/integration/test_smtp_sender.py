@@ -142,7 +142,7 @@ def test_each_refusal_maps_to_its_outcome_and_the_next_email_goes_out(
     assert outcomes == [
         "rejected 553",
         "rejected 550",
-        "temporary: SMTP server replied 451 4.7.1 greylisted",
+        "temporary: SMTP server replied 451 4.7.1 greylisted to RCPT",
         "rejected 554",
         "temporary: SMTP server replied 452 4.3.1 mailbox busy",
         "temporary: SMTP connection lost before DATA",
@@ -156,8 +156,12 @@ class ScriptedServer:
     """An SMTP server for one connection that offers PIPELINING and answers
     each command line from a script; it records the lines it received."""
 
-    def __init__(self, replies: dict[str, list[str]]) -> None:
+    def __init__(
+        self, replies: dict[str, list[str]], close_after: str | None = None
+    ) -> None:
         self.replies = {verb: list(answers) for verb, answers in replies.items()}
+        # The command after whose reply the server closes the connection.
+        self.close_after = close_after
         self.received: list[str] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -185,7 +189,7 @@ class ScriptedServer:
                 answer = self._answer(verb)
                 connection.sendall(answer)
                 in_data = verb == "DATA" and answer.startswith(b"354")
-                if verb == "QUIT":
+                if verb in ("QUIT", self.close_after):
                     return
 
     def _answer(self, verb: str) -> bytes:
@@ -242,3 +246,69 @@ def test_data_accepted_after_refused_recipient_sends_no_content() -> None:
     assert refused.value.code == 550
     assert "first line" not in server.received
     assert server.received[-1] == "DATA"
+
+
+def test_accepted_envelope_reply_other_than_250_still_sends() -> None:
+    """Any 2xx to MAIL or RCPT accepts it (RFC 5321), such as 252 for a
+    recipient the server cannot verify."""
+    server = ScriptedServer({"RCPT": ["252 2.1.5 cannot verify, will try"]})
+    sender = _sender(server.port)
+    try:
+        code, _ = sender.send(SENDER, "anna@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert code == 250
+    assert "first line" in server.received
+
+
+def test_refusal_then_closed_connection_is_a_bounce() -> None:
+    """A server that refuses the sender and hangs up gives the refusal, as it
+    would without pipelining, not a lost connection to retry."""
+    server = ScriptedServer({"MAIL": ["554 5.7.1 go away"]}, close_after="MAIL")
+    sender = _sender(server.port)
+    try:
+        with pytest.raises(SmtpRejected) as refused:
+            sender.send(SENDER, "anna@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert refused.value.code == 554
+
+
+def test_data_answered_without_354_sends_nothing_and_defers() -> None:
+    """A 2xx to the DATA command, where 354 belongs, leaves the server with
+    no message: the send is deferred, not counted as sent."""
+    server = ScriptedServer({"DATA": ["250 OK"]})
+    sender = _sender(server.port)
+    try:
+        with pytest.raises(SmtpTemporaryError, match="250 OK to DATA"):
+            sender.send(SENDER, "anna@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert "first line" not in server.received
+
+
+def test_unreadable_reply_to_content_is_unknown() -> None:
+    """A reply to the content without a valid code may hide an accepted
+    message, so the send is unknown and never retried."""
+    server = ScriptedServer({"END": ["accepted, more or less"]})
+    sender = _sender(server.port)
+    try:
+        with pytest.raises(SmtpOutcomeUnknown):
+            sender.send(SENDER, "anna@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert "first line" in server.received
+
+
+def test_line_break_in_address_sends_nothing(sink: SmtpSink) -> None:
+    sender = _sender(sink.port)
+    try:
+        with pytest.raises(ValueError, match="line break"):
+            sender.send(SENDER, "x>\r\nRSET\r\nMAIL FROM:<y@example.com", DATA)
+    finally:
+        sender.close()
+    assert _stored(sink) == []

@@ -176,6 +176,9 @@ _DOMAINS = [
     "example.local",
     "123.456",
     "[192.168.0.1]",
+    # Short in IDNA, long in UTF-8, which is what email-validator counts.
+    ".".join(["\u4e2d" * 19] * 4) + ".shop",
+    ".".join(["\u4e2d" * 15] * 4) + ".shop",
     "-example.com",
     "example-.com",
     "example..com",
@@ -192,6 +195,8 @@ _DOMAINS = [
     local=st.one_of(
         st.text(alphabet=_LOCAL_CHARACTERS, max_size=70),
         st.from_regex(r"[a-z0-9+_-]{1,30}(\.[A-Za-z0-9'~]{1,30}){0,2}", fullmatch=True),
+        # RFC 2142 role names, which email-validator lowercases.
+        st.sampled_from(["Info", "POSTMASTER", "Support", "abuse", "NoC", "Sales"]),
     ),
     domain=st.one_of(
         st.sampled_from(_DOMAINS),
@@ -202,6 +207,9 @@ _DOMAINS = [
 @example(local="a" * 65, domain="example.com")
 @example(local="a" * 64, domain=".".join(["y" * 61] * 3) + ".com")
 @example(local="a" * 10, domain=".".join(["y" * 61] * 4))
+@example(local="firstname.lastname", domain=".".join(["\u4e2d" * 19] * 4) + ".shop")
+@example(local="a" * 64, domain=".".join(["\u4e2d" * 15] * 4) + ".shop")
+@example(local="Info", domain="Example.COM")
 def test_short_way_agrees_with_the_full_check(local: str, domain: str) -> None:
     address = f"{local}@{domain}"
     assert normalize_address(address) == checked_address(address)
