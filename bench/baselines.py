@@ -42,7 +42,11 @@ def smtp_ceiling(
     if database_url is not None:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(_RECORD_TABLE)
-    name = "record" if database_url else "pipelined" if pipelined else "smtp"
+    name = "smtp"
+    if database_url:
+        name = "record"
+    elif pipelined:
+        name = "pipelined"
     sink, port, out = start_sink(folder, f"{name}-baseline")
     try:
         started = time.monotonic()

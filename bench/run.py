@@ -39,7 +39,7 @@ from common import ROOT, processes, scratch_database, scratch_vhost  # type: ign
 sys.path.insert(0, str(ROOT))
 
 from baselines import broker_ceiling, smtp_ceiling  # type: ignore[import-not-found]
-from sink import read_kept  # type: ignore[import-not-found]
+from sink import read_messages  # type: ignore[import-not-found]
 
 from shared.contacts import import_contacts
 from shared.golive import go_live_paths
@@ -84,11 +84,13 @@ def main() -> None:
         work = Path(folder)
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
         # The baselines send the very emails that the engine's sink got.
-        kept = None if args.engine_only else work / "engine-messages"
-        engine = measure_engine(work, args.contacts, args.processes, args.threads, kept)
+        messages_file = None if args.engine_only else work / "engine-messages"
+        engine = measure_engine(
+            work, args.contacts, args.processes, args.threads, messages_file
+        )
         smtp = pipelined = record = broker = None
-        if kept is not None:
-            sent = read_kept(kept)
+        if messages_file is not None:
+            sent = read_messages(messages_file)
             if len(sent) != args.contacts:
                 raise RuntimeError(
                     f"the engine's sink kept {len(sent)} emails, "
@@ -159,9 +161,9 @@ def _lines(path: Path) -> list[str]:
 
 
 def measure_engine(
-    folder: Path, count: int, workers: int, threads: int, kept: Path | None
+    folder: Path, count: int, workers: int, threads: int, messages_file: Path | None
 ) -> dict[str, Any]:
-    sink, port, out = start_sink(folder, "engine", kept)
+    sink, port, out = start_sink(folder, "engine", messages_file)
     try:
         with scratch_database() as url, scratch_vhost() as broker_url:
             group = processes(

@@ -25,29 +25,31 @@ class RecordingHandler(PipeliningEhlo):
     def __init__(self, path: str, keep: str | None) -> None:
         # Line-buffered, so that the benchmark can count as the sink goes.
         self.out = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self.kept = open(keep, "ab") if keep else None  # noqa: SIM115
+        self.messages_file = open(keep, "ab") if keep else None  # noqa: SIM115
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         for recipient in envelope.rcpt_tos:
             self.out.write(recipient.lower() + "\n")
-        if self.kept is not None:
+        if self.messages_file is not None:
             data = envelope.original_content
-            self.kept.write(f"{envelope.rcpt_tos[0]} {len(data)}\n".encode() + data)
+            self.messages_file.write(
+                f"{envelope.rcpt_tos[0]} {len(data)}\n".encode() + data
+            )
         return "250 Message accepted for delivery"
 
     def close(self) -> None:
         self.out.close()
-        if self.kept is not None:
-            self.kept.close()
+        if self.messages_file is not None:
+            self.messages_file.close()
 
 
-def read_kept(path: Path) -> list[tuple[str, bytes]]:
+def read_messages(path: Path) -> list[tuple[str, bytes]]:
     """Return the (recipient, message) pairs that a sink run with --keep wrote."""
     messages = []
-    with path.open("rb") as kept:
-        while head := kept.readline():
+    with path.open("rb") as messages_file:
+        while head := messages_file.readline():
             recipient, size = head.decode().split()
-            messages.append((recipient, kept.read(int(size))))
+            messages.append((recipient, messages_file.read(int(size))))
     return messages
 
 

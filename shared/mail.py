@@ -101,7 +101,7 @@ def _checked_domain(domain: str) -> tuple[str, int] | None:
     """Return the domain's IDNA form and the UTF-8 length of its longest
     form, or None when it is invalid.
 
-    email-validator holds the address to 254 bytes as given, with the domain
+    email-validator limits the address to 254 bytes as given, with the domain
     in Unicode and with it in IDNA, so the longest of the three counts.
     """
     try:
@@ -252,7 +252,9 @@ class SmtpSender:
             # The server refused the DATA command itself, before any content,
             # and the transaction that MAIL opened is still open.
             self._reset(connection)
-            self._refuse(connection, error.smtp_code, error.smtp_error, "DATA")
+            self._raise_before_content(
+                connection, error.smtp_code, error.smtp_error, "DATA"
+            )
         except (smtplib.SMTPResponseException, OSError) as error:
             # smtplib reads an over-long reply line as an error, and that line
             # may be the reply to the content.
@@ -284,7 +286,7 @@ class SmtpSender:
             # without pipelining.
             for (code, reply), command in zip(replies, ("MAIL", "RCPT"), strict=False):
                 if not _accepted(code):
-                    self._refuse(connection, code, reply, command)
+                    self._raise_before_content(connection, code, reply, command)
             raise SmtpTemporaryError(
                 f"SMTP connection lost before DATA: {error}"
             ) from error
@@ -307,10 +309,10 @@ class SmtpSender:
         else:
             self._reset(connection)
         if not _accepted(mail):
-            self._refuse(connection, mail, mail_text, "MAIL")
+            self._raise_before_content(connection, mail, mail_text, "MAIL")
         if not _accepted(rcpt):
-            self._refuse(connection, rcpt, rcpt_text, "RCPT")
-        self._refuse(connection, ready, ready_text, "DATA")
+            self._raise_before_content(connection, rcpt, rcpt_text, "RCPT")
+        self._raise_before_content(connection, ready, ready_text, "DATA")
 
     def _reset(self, connection: smtplib.SMTP) -> None:
         """End the open transaction; a connection that fails at it is closed
@@ -327,13 +329,13 @@ class SmtpSender:
         code, reply = connection.docmd("mail", f"FROM:<{sender}>")
         if not _accepted(code):
             self._reset(connection)
-            self._refuse(connection, code, reply, "MAIL")
+            self._raise_before_content(connection, code, reply, "MAIL")
         code, reply = connection.docmd("rcpt", f"TO:<{recipient}>")
         if not _accepted(code):
             self._reset(connection)
-            self._refuse(connection, code, reply, "RCPT")
+            self._raise_before_content(connection, code, reply, "RCPT")
 
-    def _refuse(
+    def _raise_before_content(
         self, connection: smtplib.SMTP, code: int, reply: bytes | str, command: str
     ) -> NoReturn:
         """Raise for a reply that stops a send before its content went out:

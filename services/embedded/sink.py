@@ -22,7 +22,7 @@ class PipeliningEhlo:
     """An aiosmtpd handler part that adds PIPELINING to the EHLO reply, as
     Postfix, Exim and most relays do. aiosmtpd reads the commands of a
     connection in order from one buffered stream, so it serves pipelined
-    commands without further change; it just does not say so."""
+    commands as they are. It only lacks the EHLO line that offers them."""
 
     pipelining: bool = True
 

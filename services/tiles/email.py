@@ -497,11 +497,11 @@ class SendRun:
 
 
 # One statement, so one round trip and one commit, per email. It is put
-# together from the parts below that this email needs: without a reply only
-# the mark runs, without a mark only the record, and the hand-on, the exit
-# from the journey and the bounce only when the reply calls for them. Each
-# part a statement carries costs its execution whether it changes rows or
-# not: it opens and locks its table and that table's indexes. The lock
+# together from the parts below that this email needs. Without a reply only
+# the mark runs, and without a mark only the record. The hand-on, the exit
+# from the journey and the bounce run only when the reply calls for them.
+# Each part that a statement carries costs time whether it changes rows or
+# not, because it opens and locks its table and that table's indexes. The lock
 # released at the end belongs to the contact recorded by the statement
 # before, which has committed. left_journey reads finished so that the step
 # row is locked before the entry row, the order in which end_journey and

@@ -239,7 +239,7 @@ def test_recovery_keeps_a_reply_recorded_since(db, sink_settings, tmp_path):
     assert step.fetchone() == ("in_progress",)
 
 
-def test_every_statement_the_send_loop_can_build_runs(db):
+def test_every_statement_shape_plans(db):
     """Each combination of parts that a reply and a mark can call for makes a
     statement that PostgreSQL plans with the loop's parameter types."""
     reply = {

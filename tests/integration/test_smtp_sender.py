@@ -23,10 +23,11 @@ SENDER = "news@sender.example.com"
 DATA = b"Subject: hello\r\n\r\nfirst line\r\n.second line starts with a dot\r\n"
 
 
-class Refusals:
+class Rejections:
     """Replies that the sink gives to chosen recipients, at each stage."""
 
     def __init__(self, sink: SmtpSink) -> None:
+        # Keyed on the sender address for MAIL, the recipient for the rest.
         self.at_mail: dict[str, str] = {}
         self.at_rcpt: dict[str, str] = {}
         self.at_end: dict[str, str] = {}
@@ -45,9 +46,6 @@ class Refusals:
             return reply
 
         handler.handle_DATA = handle_data  # type: ignore[method-assign]
-        # The sender that MAIL FROM would refuse is named by the next RCPT, so
-        # the refusal is keyed on the sender address.
-        self.sink = sink
 
     async def _mail(
         self, server: Any, session: Any, envelope: Any, address: str, options: list
@@ -98,17 +96,16 @@ def test_message_arrives_as_sent(sink: SmtpSink) -> None:
     assert _stored(sink) == [DATA]
 
 
-def test_each_refusal_maps_to_its_outcome_and_the_next_email_goes_out(
-    sink: SmtpSink,
-) -> None:
-    refusals = Refusals(sink)
-    refusals.at_mail["bad-sender@sender.example.com"] = "553 5.7.1 sender refused"
-    refusals.at_rcpt["gone@example.com"] = "550 5.1.1 no such user"
-    refusals.at_rcpt["grey@example.com"] = "451 4.7.1 greylisted"
-    refusals.at_end["spam@example.com"] = "554 5.7.1 looks like spam"
-    refusals.at_end["busy@example.com"] = "452 4.3.1 mailbox busy"
-    refusals.drop_at_rcpt.add("reset@example.com")
-    refusals.drop_after_end.add("lost@example.com")
+def test_rejections_map_to_outcomes(sink: SmtpSink) -> None:
+    rejections = Rejections(sink)
+    rejections.at_mail["bad-sender@sender.example.com"] = "553 5.7.1 sender refused"
+    rejections.at_rcpt["gone@example.com"] = "550 5.1.1 no such user"
+    rejections.at_rcpt["grey@example.com"] = "451 4.7.1 greylisted"
+    rejections.at_end["spam@example.com"] = "554 5.7.1 looks like spam"
+    rejections.at_end["busy@example.com"] = "452 4.3.1 mailbox busy"
+    rejections.drop_at_rcpt.add("reset@example.com")
+    rejections.drop_after_end.add("lost@example.com")
+
     sender = _sender(sink.port)
     outcomes = []
     cases = [
@@ -137,6 +134,7 @@ def test_each_refusal_maps_to_its_outcome_and_the_next_email_goes_out(
             assert code == 250, case
     finally:
         sender.close()
+
     # The text after a lost connection's colon comes from the socket layer.
     outcomes = [outcome.partition(": Connection")[0] for outcome in outcomes]
     assert outcomes == [
@@ -153,8 +151,8 @@ def test_each_refusal_maps_to_its_outcome_and_the_next_email_goes_out(
 
 
 class ScriptedServer:
-    """An SMTP server for one connection that offers PIPELINING and answers
-    each command line from a script; it records the lines it received."""
+    """An SMTP server for one connection that offers PIPELINING and replies
+    to each command line from a script. It records the lines it received."""
 
     def __init__(
         self, replies: dict[str, list[str]], close_after: str | None = None
@@ -231,19 +229,29 @@ def test_refused_data_command_resets_the_transaction() -> None:
     ]
 
 
-def test_data_accepted_after_refused_recipient_sends_no_content() -> None:
-    """A server that answers 354 although it refused the only recipient gets
-    no message content: the sender closes the connection and reports the
-    recipient's refusal."""
-    server = ScriptedServer({"RCPT": ["550 5.1.1 no such user"]})
+def _send_once(
+    server: ScriptedServer, recipient: str = "anna@example.com"
+) -> tuple[int, str] | Exception:
+    """Send one email through a new sender and return the reply, or the
+    exception the send raised; then close the sender and the server."""
     sender = _sender(server.port)
     try:
-        with pytest.raises(SmtpRejected) as refused:
-            sender.send(SENDER, "gone@example.com", DATA)
+        return sender.send(SENDER, recipient, DATA)
+    except (SmtpRejected, SmtpTemporaryError, SmtpOutcomeUnknown) as error:
+        return error
     finally:
         sender.close()
         server.close()
-    assert refused.value.code == 550
+
+
+def test_data_accepted_after_refused_recipient_sends_no_content() -> None:
+    """A server that replies 354 although it rejected the only recipient gets
+    no message content: the sender closes the connection and reports the
+    recipient's refusal."""
+    server = ScriptedServer({"RCPT": ["550 5.1.1 no such user"]})
+    outcome = _send_once(server, "gone@example.com")
+    assert isinstance(outcome, SmtpRejected)
+    assert outcome.code == 550
     assert "first line" not in server.received
     assert server.received[-1] == "DATA"
 
@@ -252,13 +260,7 @@ def test_accepted_envelope_reply_other_than_250_still_sends() -> None:
     """Any 2xx to MAIL or RCPT accepts it (RFC 5321), such as 252 for a
     recipient the server cannot verify."""
     server = ScriptedServer({"RCPT": ["252 2.1.5 cannot verify, will try"]})
-    sender = _sender(server.port)
-    try:
-        code, _ = sender.send(SENDER, "anna@example.com", DATA)
-    finally:
-        sender.close()
-        server.close()
-    assert code == 250
+    assert _send_once(server) == (250, "OK")
     assert "first line" in server.received
 
 
@@ -266,27 +268,18 @@ def test_refusal_then_closed_connection_is_a_bounce() -> None:
     """A server that refuses the sender and hangs up gives the refusal, as it
     would without pipelining, not a lost connection to retry."""
     server = ScriptedServer({"MAIL": ["554 5.7.1 go away"]}, close_after="MAIL")
-    sender = _sender(server.port)
-    try:
-        with pytest.raises(SmtpRejected) as refused:
-            sender.send(SENDER, "anna@example.com", DATA)
-    finally:
-        sender.close()
-        server.close()
-    assert refused.value.code == 554
+    outcome = _send_once(server)
+    assert isinstance(outcome, SmtpRejected)
+    assert outcome.code == 554
 
 
 def test_data_answered_without_354_sends_nothing_and_defers() -> None:
     """A 2xx to the DATA command, where 354 belongs, leaves the server with
     no message: the send is deferred, not counted as sent."""
     server = ScriptedServer({"DATA": ["250 OK"]})
-    sender = _sender(server.port)
-    try:
-        with pytest.raises(SmtpTemporaryError, match="250 OK to DATA"):
-            sender.send(SENDER, "anna@example.com", DATA)
-    finally:
-        sender.close()
-        server.close()
+    outcome = _send_once(server)
+    assert isinstance(outcome, SmtpTemporaryError)
+    assert "250 OK to DATA" in str(outcome)
     assert "first line" not in server.received
 
 
@@ -294,13 +287,7 @@ def test_unreadable_reply_to_content_is_unknown() -> None:
     """A reply to the content without a valid code may hide an accepted
     message, so the send is unknown and never retried."""
     server = ScriptedServer({"END": ["accepted, more or less"]})
-    sender = _sender(server.port)
-    try:
-        with pytest.raises(SmtpOutcomeUnknown):
-            sender.send(SENDER, "anna@example.com", DATA)
-    finally:
-        sender.close()
-        server.close()
+    assert isinstance(_send_once(server), SmtpOutcomeUnknown)
     assert "first line" in server.received
 
 
