@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         "whose update committed late",
     )
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_pipelining: bool = Field(
+        default=True,
+        description="send MAIL, RCPT and DATA in one write when the SMTP "
+        "server offers PIPELINING; false sends one command at a time",
+    )
     smtp_max_retries: int = Field(default=8, ge=0)
     actor_time_limit_seconds: int = Field(default=300, gt=0)
 

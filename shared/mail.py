@@ -218,9 +218,13 @@ def _format_address(name: str, address: str) -> str:
 class SmtpSender:
     """One SMTP connection per thread, opened on first use and kept open."""
 
-    def __init__(self, target: SmtpTarget, timeout: float) -> None:
+    def __init__(
+        self, target: SmtpTarget, timeout: float, pipelining: bool = True
+    ) -> None:
         self.target = target
         self.timeout = timeout
+        # False for a relay that offers PIPELINING but mishandles it.
+        self.pipelining = pipelining
         self._local = threading.local()
 
     def send(self, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
@@ -237,7 +241,7 @@ class SmtpSender:
             # here would add SMTP commands.
             raise ValueError(f"line break in SMTP address {sender!r} or {recipient!r}")
         connection = self._connection()
-        if connection.has_extn("pipelining"):
+        if self.pipelining and connection.has_extn("pipelining"):
             return self._send_pipelined(connection, sender, recipient, data)
         try:
             self._envelope(connection, sender, recipient)
@@ -400,7 +404,9 @@ class SmtpSender:
             "opened SMTP connection to %s:%s%s",
             target.host,
             target.port,
-            ", pipelining" if connection.has_extn("pipelining") else "",
+            ", pipelining"
+            if self.pipelining and connection.has_extn("pipelining")
+            else "",
         )
         return connection
 

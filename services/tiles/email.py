@@ -98,7 +98,11 @@ def smtp_sender() -> SmtpSender:
     with _sender_lock:
         if _sender is None:
             settings = get_settings()
-            _sender = SmtpSender(settings.smtp_target(), settings.smtp_timeout_seconds)
+            _sender = SmtpSender(
+                settings.smtp_target(),
+                settings.smtp_timeout_seconds,
+                pipelining=settings.smtp_pipelining,
+            )
         return _sender
 
 

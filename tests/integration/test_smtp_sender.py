@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from services.embedded.sink import SmtpSink
-from shared.config import SmtpTarget
+from services.tiles import email as email_tile
+from shared.config import SmtpTarget, get_settings
 from shared.errors import SmtpTemporaryError
 from shared.mail import SmtpOutcomeUnknown, SmtpRejected, SmtpSender
 
@@ -289,6 +290,45 @@ def test_unreadable_reply_to_content_is_unknown() -> None:
     server = ScriptedServer({"END": ["accepted, more or less"]})
     assert isinstance(_send_once(server), SmtpOutcomeUnknown)
     assert "first line" in server.received
+
+
+def test_pipelining_switched_off_sends_one_command_at_a_time() -> None:
+    """With pipelining off, a refused MAIL ends the send before RCPT: the
+    server sees MAIL and then RSET. With it on, RCPT and DATA have gone out
+    in the same write."""
+    received = {}
+    for pipelining in (True, False):
+        server = ScriptedServer({"MAIL": ["451 4.3.0 try later"]})
+        sender = SmtpSender(
+            SmtpTarget(host="127.0.0.1", port=server.port),
+            timeout=5,
+            pipelining=pipelining,
+        )
+        try:
+            with pytest.raises(SmtpTemporaryError, match="451"):
+                sender.send(SENDER, "anna@example.com", DATA)
+        finally:
+            sender.close()
+            server.close()
+        received[pipelining] = [line.lower() for line in server.received[1:4]]
+    assert received[True] == [
+        f"mail from:<{SENDER}>",
+        "rcpt to:<anna@example.com>",
+        "data",
+    ]
+    assert received[False] == [f"mail from:<{SENDER}>", "rset", "quit"]
+
+
+def test_pipelining_setting_reaches_the_email_tile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOURNEYS_SMTP_PIPELINING", "false")
+    get_settings.cache_clear()
+    monkeypatch.setattr(email_tile, "_sender", None)
+    try:
+        assert email_tile.smtp_sender().pipelining is False
+    finally:
+        get_settings.cache_clear()
 
 
 def test_line_break_in_address_sends_nothing(sink: SmtpSink) -> None:
