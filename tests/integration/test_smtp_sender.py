@@ -292,9 +292,9 @@ def test_unreadable_reply_to_content_is_unknown() -> None:
     assert "first line" in server.received
 
 
-def test_pipelining_switched_off_sends_one_command_at_a_time() -> None:
-    """With pipelining off, a refused MAIL ends the send before RCPT: the
-    server sees MAIL and then RSET. With it on, RCPT and DATA have gone out
+def test_pipelining_off_sends_commands_singly() -> None:
+    """With pipelining off, a rejected MAIL ends the send before RCPT, so the
+    server receives MAIL and then RSET. With it on, RCPT and DATA went out
     in the same write."""
     received = {}
     for pipelining in (True, False):
