@@ -38,6 +38,8 @@ def smtp_ceiling(
     sends through the engine's own SMTP client, which pipelines MAIL, RCPT
     and DATA where the server offers it, instead of smtplib's sendmail().
     """
+    if pipelined and database_url:
+        raise ValueError("the pipelined baseline commits nothing; pass no database")
     count = len(messages)
     if database_url is not None:
         with psycopg.connect(database_url, autocommit=True) as conn:

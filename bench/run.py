@@ -128,7 +128,7 @@ def main() -> None:
 
 
 def start_sink(
-    folder: Path, name: str, keep: Path | None = None
+    folder: Path, name: str, messages_file: Path | None = None
 ) -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
     out = folder / f"{name}-recipients.txt"
@@ -141,7 +141,9 @@ def start_sink(
         "--out",
         str(out),
     ]
-    sink = subprocess.Popen([*command, "--keep", str(keep)] if keep else command)
+    if messages_file is not None:
+        command += ["--keep", str(messages_file)]
+    sink = subprocess.Popen(command)
     wait_until(lambda: _listening(port), 30, what="the SMTP sink")
     return sink, port, out
 

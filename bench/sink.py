@@ -1,6 +1,6 @@
 """An SMTP sink in its own process for the benchmark: it accepts every
 message and appends the recipient of each to a file, one line a message.
-Like most relays it offers PIPELINING; smtplib does not use it.
+Like most relays it offers PIPELINING, which smtplib does not use.
 
 Run: python bench/sink.py --port PORT --out FILE [--keep FILE]
 """

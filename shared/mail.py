@@ -237,11 +237,11 @@ class SmtpSender:
         accepted the message, so it must not be sent again.
         """
         if any(mark in value for value in (sender, recipient) for mark in "\r\n"):
-            # Checked before go-live and by normalize_address; a line break
-            # here would add SMTP commands.
+            # Go-live checks the sender and normalize_address the recipient,
+            # so this only guards them: a line break would add SMTP commands.
             raise ValueError(f"line break in SMTP address {sender!r} or {recipient!r}")
         connection = self._connection()
-        if self.pipelining and connection.has_extn("pipelining"):
+        if self._pipelines(connection):
             return self._send_pipelined(connection, sender, recipient, data)
         try:
             self._envelope(connection, sender, recipient)
@@ -256,9 +256,7 @@ class SmtpSender:
             # The server refused the DATA command itself, before any content,
             # and the transaction that MAIL opened is still open.
             self._reset(connection)
-            self._raise_before_content(
-                connection, error.smtp_code, error.smtp_error, "DATA"
-            )
+            self._raise_before_content(error.smtp_code, error.smtp_error, "DATA")
         except (smtplib.SMTPResponseException, OSError) as error:
             # smtplib reads an over-long reply line as an error, and that line
             # may be the reply to the content.
@@ -266,7 +264,7 @@ class SmtpSender:
             raise SmtpOutcomeUnknown(
                 f"SMTP connection lost or reply unreadable during DATA: {error}"
             ) from error
-        return self._final(connection, code, reply)
+        return self._final(code, reply)
 
     def close(self) -> None:
         self._drop()
@@ -285,17 +283,16 @@ class SmtpSender:
                 replies.append(connection.getreply())
         except OSError as error:
             self._drop()
-            # A server may refuse the envelope and close the connection at
-            # once; the refusal read before that decides, as it would have
+            # A server may reject the envelope and close the connection at
+            # once. The rejection read before that decides, as it would
             # without pipelining.
-            for (code, reply), command in zip(replies, ("MAIL", "RCPT"), strict=False):
-                if not _accepted(code):
-                    self._raise_before_content(connection, code, reply, command)
+            self._raise_for_envelope(replies)
             raise SmtpTemporaryError(
                 f"SMTP connection lost before DATA: {error}"
             ) from error
-        (mail, mail_text), (rcpt, rcpt_text), (ready, ready_text) = replies
-        if _accepted(mail) and _accepted(rcpt) and ready == 354:
+        envelope_accepted = all(_accepted(code) for code, _ in replies[:2])
+        ready, ready_text = replies[2]
+        if envelope_accepted and ready == 354:
             try:
                 connection.send(_content(data))
                 code, reply = connection.getreply()
@@ -304,22 +301,28 @@ class SmtpSender:
                 raise SmtpOutcomeUnknown(
                     f"SMTP connection lost during DATA: {error}"
                 ) from error
-            return self._final(connection, code, reply)
+            return self._final(code, reply)
         if ready == 354:
-            # A server that takes DATA after refusing the envelope waits for
+            # A server that takes DATA after rejecting the envelope waits for
             # content, and would read even QUIT as content. Only closing the
             # connection ends that safely.
             self._drop(quit=False)
         else:
             self._reset(connection)
-        if not _accepted(mail):
-            self._raise_before_content(connection, mail, mail_text, "MAIL")
-        if not _accepted(rcpt):
-            self._raise_before_content(connection, rcpt, rcpt_text, "RCPT")
-        self._raise_before_content(connection, ready, ready_text, "DATA")
+        self._raise_for_envelope(replies[:2])
+        self._raise_before_content(ready, ready_text, "DATA")
+
+    def _raise_for_envelope(self, replies: list[tuple[int, bytes]]) -> None:
+        """Raise for the first rejected reply among those to MAIL and RCPT."""
+        for (code, reply), command in zip(replies, ("MAIL", "RCPT"), strict=False):
+            if not _accepted(code):
+                self._raise_before_content(code, reply, command)
+
+    def _pipelines(self, connection: smtplib.SMTP) -> bool:
+        return self.pipelining and connection.has_extn("pipelining")
 
     def _reset(self, connection: smtplib.SMTP) -> None:
-        """End the open transaction; a connection that fails at it is closed
+        """End the open transaction. A connection that fails at it is closed,
         and the next send opens another."""
         try:
             connection.rset()
@@ -333,14 +336,14 @@ class SmtpSender:
         code, reply = connection.docmd("mail", f"FROM:<{sender}>")
         if not _accepted(code):
             self._reset(connection)
-            self._raise_before_content(connection, code, reply, "MAIL")
+            self._raise_before_content(code, reply, "MAIL")
         code, reply = connection.docmd("rcpt", f"TO:<{recipient}>")
         if not _accepted(code):
             self._reset(connection)
-            self._raise_before_content(connection, code, reply, "RCPT")
+            self._raise_before_content(code, reply, "RCPT")
 
     def _raise_before_content(
-        self, connection: smtplib.SMTP, code: int, reply: bytes | str, command: str
+        self, code: int, reply: bytes | str, command: str
     ) -> NoReturn:
         """Raise for a reply that stops a send before its content went out:
         SmtpRejected on 5xx, and SmtpTemporaryError on anything else, which
@@ -352,9 +355,7 @@ class SmtpSender:
             self._drop()
         raise SmtpTemporaryError(f"SMTP server replied {code} {text} to {command}")
 
-    def _final(
-        self, connection: smtplib.SMTP, code: int, reply: bytes | str
-    ) -> tuple[int, str]:
+    def _final(self, code: int, reply: bytes | str) -> tuple[int, str]:
         """Judge the reply to a message's content: 2xx accepted, 5xx
         rejected, 4xx deferred. Any other reply leaves the outcome unknown."""
         text = _reply_text(reply)
@@ -404,9 +405,7 @@ class SmtpSender:
             "opened SMTP connection to %s:%s%s",
             target.host,
             target.port,
-            ", pipelining"
-            if self.pipelining and connection.has_extn("pipelining")
-            else "",
+            ", pipelining" if self._pipelines(connection) else "",
         )
         return connection
 

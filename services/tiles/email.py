@@ -569,29 +569,31 @@ _PARTS = {
 
 @functools.lru_cache(maxsize=64)
 def _record_and_mark(parts: frozenset[str]) -> str:
-    """Return the statement made of these parts. Its one row holds whether
+    """Return the statement made of these parts. Its one row contains whether
     the mark's lock was taken, the id of the 'sending' record written, and
     the ids of the outbox rows queued for the next tile, each NULL where the
     statement has no such part."""
     ctes = ",\n".join(
         f"{name} AS ({body})" for name, body in _PARTS.items() if name in parts
     )
-    written = " UNION ALL ".join(
-        f"SELECT id FROM {name}" for name in ("marked", "remarked") if name in parts
-    )
-    columns = ", ".join(
-        (
-            "(SELECT held FROM lock)" if "lock" in parts else "NULL::boolean",
-            f"({written} LIMIT 1)" if written else "NULL::bigint",
-            "(SELECT array_agg(id ORDER BY id) FROM queued)"
-            if "queued" in parts
-            else "NULL::bigint[]",
-        )
-    )
-    # released is a plain SELECT, which runs only when the query reads it.
-    unlocked = " FROM (SELECT count(*) FROM released) AS unlocked"
-    prefix = f"WITH {ctes}\n" if ctes else ""
-    return f"{prefix}SELECT {columns}{unlocked if 'released' in parts else ''}"
+    lock_column = "NULL::boolean"
+    if "lock" in parts:
+        lock_column = "(SELECT held FROM lock)"
+    # A mark is either a new 'sending' record or a deferred one sent again.
+    mark_column = "NULL::bigint"
+    for name in ("marked", "remarked"):
+        if name in parts:
+            mark_column = f"(SELECT id FROM {name} LIMIT 1)"
+    queued_column = "NULL::bigint[]"
+    if "queued" in parts:
+        queued_column = "(SELECT array_agg(id ORDER BY id) FROM queued)"
+    statement = f"SELECT {lock_column}, {mark_column}, {queued_column}"
+    if ctes:
+        statement = f"WITH {ctes}\n{statement}"
+    if "released" in parts:
+        # released is a plain SELECT, which runs only when the query reads it.
+        statement += " FROM (SELECT count(*) FROM released) AS unlocked"
+    return statement
 
 
 def _parts_for(params: dict[str, object]) -> frozenset[str]:

@@ -1,6 +1,6 @@
 """The SMTP sender against servers on loopback, with and without PIPELINING:
 each reply maps to the right outcome, and the connection stays usable for
-the next email after every refusal."""
+the next email after every rejection."""
 
 from __future__ import annotations
 
@@ -77,8 +77,10 @@ def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
     server.stop()
 
 
-def _sender(port: int) -> SmtpSender:
-    return SmtpSender(SmtpTarget(host="127.0.0.1", port=port), timeout=5)
+def _sender(port: int, pipelining: bool = True) -> SmtpSender:
+    return SmtpSender(
+        SmtpTarget(host="127.0.0.1", port=port), timeout=5, pipelining=pipelining
+    )
 
 
 def _stored(sink: SmtpSink) -> list[bytes]:
@@ -299,11 +301,7 @@ def test_pipelining_off_sends_commands_singly() -> None:
     received = {}
     for pipelining in (True, False):
         server = ScriptedServer({"MAIL": ["451 4.3.0 try later"]})
-        sender = SmtpSender(
-            SmtpTarget(host="127.0.0.1", port=server.port),
-            timeout=5,
-            pipelining=pipelining,
-        )
+        sender = _sender(server.port, pipelining)
         try:
             with pytest.raises(SmtpTemporaryError, match="451"):
                 sender.send(SENDER, "anna@example.com", DATA)
