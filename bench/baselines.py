@@ -35,8 +35,9 @@ def smtp_ceiling(
     commits one statement that records the reply to the email before and a
     'sending' row for this one, in a table of its own. An engine that never
     sends an email twice writes at least that much per email. `pipelined`
-    sends through the engine's own SMTP client, which pipelines MAIL, RCPT
-    and DATA where the server offers it, instead of smtplib's sendmail().
+    sends through the engine's own SMTP client, as the email tile does:
+    MAIL, RCPT and DATA in one write, and behind each content the next
+    email's MAIL, RCPT and DATA, instead of smtplib's sendmail().
     """
     if pipelined and database_url:
         raise ValueError("the pipelined baseline commits nothing; pass no database")
@@ -107,8 +108,16 @@ def _send_share(
         if pipelined:
             sender = SmtpSender(SmtpTarget(host="127.0.0.1", port=port), timeout=30)
             try:
-                for address, data in messages:
-                    sender.send(SENDER, address, data)
+                for index, (address, data) in enumerate(messages):
+                    following = (
+                        messages[index + 1][0] if index + 1 < len(messages) else None
+                    )
+                    sender.send(
+                        SENDER,
+                        address,
+                        data,
+                        (SENDER, following) if following else None,
+                    )
             finally:
                 sender.close()
         else:

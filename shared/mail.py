@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import binascii
 import functools
+import itertools
 import logging
 import re
 import secrets
 import smtplib
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
@@ -135,10 +137,10 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
     html = _quoted_printable(rendered.html)
     boundary = _boundary(text, html)
     headers = [
-        ("From", _format_address(envelope.sender_name, envelope.sender_address)),
+        ("From", _sender_header(envelope.sender_name, envelope.sender_address)),
         ("To", _format_address(envelope.recipient_name, envelope.recipient_address)),
         ("Subject", _header_text(rendered.subject)),
-        ("Date", formatdate(localtime=False, usegmt=True)),
+        ("Date", _date_header(int(time.time()))),
         ("Message-ID", message_id),
         (
             "List-Unsubscribe",
@@ -166,6 +168,10 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
     return message_id, data
 
 
+def _commands(sender: str, recipient: str) -> str:
+    return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+
+
 def _accepted(code: int) -> bool:
     return 200 <= code < 300
 
@@ -191,11 +197,29 @@ def _quoted_printable(body: str) -> bytes:
     return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
 
 
+# A MIME boundary needs only to be absent from the parts it separates. The
+# parts are quoted-printable, in which '=' always starts an escape of two
+# hex digits or a soft line break, so no part holds '=_'. A random prefix
+# per process and a counter are cheaper than random bytes per message.
+_BOUNDARY_PREFIX = "=_" + secrets.token_hex(8)
+_boundary_numbers = itertools.count()
+
+
 def _boundary(*bodies: bytes) -> str:
     while True:
-        boundary = "=_" + secrets.token_hex(16)
+        boundary = f"{_BOUNDARY_PREFIX}.{next(_boundary_numbers)}"
         if not any(boundary.encode() in body for body in bodies):
             return boundary
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(second: int) -> str:
+    return formatdate(second, usegmt=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _sender_header(name: str, address: str) -> str:
+    return _format_address(name, address)
 
 
 def _header_text(value: str) -> str:
@@ -207,7 +231,13 @@ def _header_text(value: str) -> str:
 
 
 def unsubscribe_mailto(mailbox: str, token: str) -> str:
+    if _URL_SAFE_TOKEN.fullmatch(token):
+        # The tokens that sign() makes: base64url, safe in a URL as it is.
+        return f"mailto:{mailbox}?subject=unsubscribe%20{token}"
     return f"mailto:{mailbox}?subject={quote('unsubscribe ' + token)}"
+
+
+_URL_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _format_address(name: str, address: str) -> str:
@@ -227,7 +257,13 @@ class SmtpSender:
         self.pipelining = pipelining
         self._local = threading.local()
 
-    def send(self, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
+    def send(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        then: tuple[str, str] | None = None,
+    ) -> tuple[int, str]:
         """Send one message and return the server's reply to its content.
 
         Raises SmtpRejected on 5xx, and SmtpTemporaryError on 4xx or on a
@@ -235,14 +271,25 @@ class SmtpSender:
         SmtpOutcomeUnknown when the connection was lost, or the reply could
         not be read, after the content went out: the server may have
         accepted the message, so it must not be sent again.
+
+        `then` names the sender and recipient of the message that this
+        thread sends next. With pipelining, its MAIL, RCPT and DATA go out
+        in the same write as this message's content, so that each message
+        costs one round trip. Its content waits for its own send(). Call
+        abandon() when that send does not follow.
         """
-        if any(mark in value for value in (sender, recipient) for mark in "\r\n"):
-            # Go-live checks the sender and normalize_address the recipient,
-            # so this only guards them: a line break would add SMTP commands.
-            raise ValueError(f"line break in SMTP address {sender!r} or {recipient!r}")
+        for value in (sender, recipient, *(then or ())):
+            if "\r" in value or "\n" in value:
+                # Go-live checks the sender and normalize_address the
+                # recipient, so this only guards them: a line break would add
+                # SMTP commands.
+                raise ValueError(f"line break in SMTP address {value!r}")
+        opened = self._take_opened(sender, recipient)
         connection = self._connection()
         if self._pipelines(connection):
-            return self._send_pipelined(connection, sender, recipient, data)
+            return self._send_pipelined(
+                connection, sender, recipient, data, opened, then
+            )
         try:
             self._envelope(connection, sender, recipient)
         except OSError as error:
@@ -270,37 +317,47 @@ class SmtpSender:
         self._drop()
 
     def _send_pipelined(
-        self, connection: smtplib.SMTP, sender: str, recipient: str, data: bytes
+        self,
+        connection: smtplib.SMTP,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        opened: list[tuple[int, bytes]] | None,
+        then: tuple[str, str] | None,
     ) -> tuple[int, str]:
-        """Send MAIL, RCPT and DATA in one write (RFC 2920) and the content
-        after the 354 reply: two round trips instead of four."""
-        replies: list[tuple[int, bytes]] = []
-        try:
-            connection.send(
-                f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
-            )
-            for _ in range(3):
-                replies.append(connection.getreply())
-        except OSError as error:
-            self._drop()
-            # A server may reject the envelope and close the connection at
-            # once. The rejection read before that decides, as it would
-            # without pipelining.
-            self._raise_for_envelope(replies)
-            raise SmtpTemporaryError(
-                f"SMTP connection lost before DATA: {error}"
-            ) from error
+        """Send MAIL, RCPT and DATA in one write (RFC 2920), unless the
+        previous message's write carried them already, and the content after
+        the 354 reply, followed by the next message's MAIL, RCPT and DATA."""
+        replies = opened
+        if replies is None:
+            replies = []
+            try:
+                connection.send(_commands(sender, recipient))
+                for _ in range(3):
+                    replies.append(connection.getreply())
+            except OSError as error:
+                self._drop()
+                # A server may reject the envelope and close the connection
+                # at once. The rejection read before that decides, as it
+                # would without pipelining.
+                self._raise_for_envelope(replies)
+                raise SmtpTemporaryError(
+                    f"SMTP connection lost before DATA: {error}"
+                ) from error
         envelope_accepted = all(_accepted(code) for code, _ in replies[:2])
         ready, ready_text = replies[2]
         if envelope_accepted and ready == 354:
+            following = _commands(*then) if then else ""
             try:
-                connection.send(_content(data))
+                connection.send(_content(data) + following.encode("ascii"))
                 code, reply = connection.getreply()
             except OSError as error:
                 self._drop()
                 raise SmtpOutcomeUnknown(
                     f"SMTP connection lost during DATA: {error}"
                 ) from error
+            if then:
+                self._read_opened(connection, then)
             return self._final(code, reply)
         if ready == 354:
             # A server that takes DATA after rejecting the envelope waits for
@@ -311,6 +368,47 @@ class SmtpSender:
             self._reset(connection)
         self._raise_for_envelope(replies[:2])
         self._raise_before_content(ready, ready_text, "DATA")
+
+    def _read_opened(self, connection: smtplib.SMTP, then: tuple[str, str]) -> None:
+        """Read the replies to the next message's MAIL, RCPT and DATA and keep
+        them for its send(). A connection that fails here is closed: that
+        message's content never went out, and its send() starts afresh."""
+        replies = []
+        try:
+            for _ in range(3):
+                replies.append(connection.getreply())
+        except OSError:
+            self._drop(quit=False)
+            return
+        self._local.opened = (then, replies)
+
+    def _take_opened(
+        self, sender: str, recipient: str
+    ) -> list[tuple[int, bytes]] | None:
+        """Return the replies to this message's envelope if the previous
+        write carried it. Another message's envelope is abandoned."""
+        opened = getattr(self._local, "opened", None)
+        if opened is None:
+            return None
+        if opened[0] == (sender, recipient):
+            self._local.opened = None
+            return opened[1]
+        self.abandon()
+        return None
+
+    def abandon(self) -> None:
+        """End the envelope that the last send() opened for a message that
+        will not be sent now. A server in DATA mode would take anything as
+        content, so that connection is closed; otherwise RSET ends the
+        transaction."""
+        opened = getattr(self._local, "opened", None)
+        if opened is None:
+            return
+        self._local.opened = None
+        if opened[1][2][0] == 354:
+            self._drop(quit=False)
+        else:
+            self._reset(self._local.connection)
 
     def _raise_for_envelope(self, replies: list[tuple[int, bytes]]) -> None:
         """Raise for the first rejected reply among those to MAIL and RCPT."""
@@ -412,6 +510,10 @@ class SmtpSender:
     def _drop(self, quit: bool = True) -> None:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
+        if getattr(self._local, "opened", None) is not None:
+            # A transaction stands open in DATA mode: QUIT would be content.
+            self._local.opened = None
+            quit = False
         if connection is None:
             return
         if quit:

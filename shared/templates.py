@@ -109,6 +109,9 @@ def _derived_text(html_source: str) -> Template | None:
 
 def one_line(value: str) -> str:
     """Collapse line breaks so that no rendered value can start a new header."""
+    if value.isprintable():
+        # No line break is printable, so there is none to collapse.
+        return value.strip()
     return _LINE_BREAKS.sub(" ", value).strip()
 
 

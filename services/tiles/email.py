@@ -2,15 +2,16 @@
 
 A message's contacts are handled as a batch. One transaction reads their
 steps, sends, data and consent, and records every contact that gets no
-email. Then the emails go out one after the other. Before each SMTP
-conversation one statement takes a session advisory lock on (journey,
-contact) and commits a 'sending' record. The same statement records the
-reply to the email before, hands that contact on, and releases the lock
-of the contact recorded one statement earlier. A crash between the
-server's acceptance and the commit of its record leaves 'sending' behind,
-and the next delivery marks it 'unconfirmed' instead of sending again.
-The lock keeps a duplicate message from taking a send in flight for a
-crashed one. The next tile's messages go out once for the whole batch.
+email. The emails are rendered, then go out one after the other. Before
+each email's content goes out, one statement takes a session advisory
+lock on (journey, contact) and commits a 'sending' record. The same
+statement records the reply to the email before, hands that contact on,
+and releases the lock of the contact recorded one statement earlier. A
+crash between the server's acceptance and the commit of its record leaves
+'sending' behind, and the next delivery marks it 'unconfirmed' instead of
+sending again. The lock keeps a duplicate message from taking a send in
+flight for a crashed one. The next tile's messages go out once for the
+whole batch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -121,16 +123,14 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
         try:
             batch, context, recipients = _sort_contacts(conn, plan, message)
             run = SendRun(conn, plan, message.tile, final_attempt, batch)
-            for contact, send_id, previous in batch.to_send:
-                person, address = recipients[contact]
-                result = run.send(
-                    contact,
-                    send_id,
-                    previous,
-                    lambda s=send_id, p=person, a=address: render_send(
-                        context, p, a, s
-                    ),
+            ready = run.render_all(
+                lambda contact, send_id: render_send(
+                    context, recipients[contact][0], recipients[contact][1], send_id
                 )
+            )
+            for index, (contact, send_id, previous, prepared) in enumerate(ready):
+                following = ready[index + 1][3] if index + 1 < len(ready) else None
+                result = run.send(contact, send_id, previous, prepared, following)
                 batch.results[result] += 1
         finally:
             try:
@@ -140,6 +140,7 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
                 # Also frees a lock that an error left behind, before the
                 # connection goes back to the pool.
                 conn.execute("SELECT pg_advisory_unlock_all()")
+                smtp_sender().abandon()
         publish_outbox(conn, batch.outbox)
     for result, count in batch.results.items():
         if result not in (Result.SKIPPED, Result.DEFERRED):
@@ -339,11 +340,15 @@ class SendRun:
     connection.
 
     The reply for one contact is committed in the same transaction as the
-    'sending' record of the next, so each email costs one round trip and one
-    commit. That widens the window in which an accepted email is not yet
-    recorded by the time it takes to render the next email (81 microseconds
-    measured alone). A crash inside the window leaves 'sending', which the
-    next delivery marks 'unconfirmed' and does not resend.
+    'sending' record of the next, so each email costs one database round
+    trip and one commit. With pipelining, the next email's MAIL, RCPT and
+    DATA follow each email's content in one write, so each email also costs
+    one SMTP round trip; its content waits until its 'sending' record has
+    committed. An email that is not marked after all (its lock is held
+    elsewhere, or its address is taken) leaves its envelope open, and the
+    sender abandons it. A crash between an acceptance and its record leaves
+    'sending', which the next delivery marks 'unconfirmed' and does not
+    resend.
     """
 
     def __init__(
@@ -365,33 +370,48 @@ class SendRun:
         # a few percent of a send's CPU.
         self.cursor = conn.cursor()
 
+    def render_all(
+        self, render: Callable[[int, int], PreparedSend]
+    ) -> list[tuple[int, int, str | None, PreparedSend]]:
+        """Render the batch's emails before the first goes out, so that each
+        send knows the address of the next. A contact whose email cannot be
+        rendered is recorded as failed."""
+        ready = []
+        for contact, send_id, previous in self.batch.to_send:
+            try:
+                ready.append((contact, send_id, previous, render(contact, send_id)))
+            except RenderError as error:
+                with self.conn.transaction():
+                    result = _refuse(
+                        self.conn,
+                        self.plan,
+                        self.tile,
+                        contact,
+                        clock.now(),
+                        f"failed:{error}",
+                        self.batch,
+                    )
+                self.batch.results[result] += 1
+        return ready
+
     def send(
         self,
         contact: int,
         send_id: int,
         previous: str | None,
-        render,  # type: ignore[no-untyped-def]
+        prepared: PreparedSend,
+        following: PreparedSend | None = None,
     ) -> Result:
-        try:
-            prepared: PreparedSend = render()
-        except RenderError as error:
-            self.flush()
-            with self.conn.transaction():
-                return _refuse(
-                    self.conn,
-                    self.plan,
-                    self.tile,
-                    contact,
-                    clock.now(),
-                    f"failed:{error}",
-                    self.batch,
-                )
+        """Mark one email as sending and send it. `following` is the email
+        that this run sends next, whose envelope rides with this content."""
         locked, marked = self._commit((contact, send_id, previous, prepared))
-        if not locked:
-            return Result.DEFERRED
-        if not marked:
+        if not (locked and marked):
+            # The previous send may have opened this email's envelope.
+            smtp_sender().abandon()
+            if not locked:
+                return Result.DEFERRED
             return _unmarked(self.conn, self.plan, self.tile, contact, self.batch)
-        self.pending = self._converse(contact, send_id, prepared)
+        self.pending = self._converse(contact, send_id, prepared, following)
         return self.pending.result
 
     def flush(self) -> None:
@@ -400,12 +420,19 @@ class SendRun:
         if self.pending is not None:
             self._commit(None)
 
-    def _converse(self, contact: int, send_id: int, prepared: PreparedSend) -> Reply:
+    def _converse(
+        self,
+        contact: int,
+        send_id: int,
+        prepared: PreparedSend,
+        following: PreparedSend | None,
+    ) -> Reply:
         plan, tile = self.plan, self.tile
         started = time.perf_counter()
+        then = (following.sender_address, following.address) if following else None
         try:
             code, text = smtp_sender().send(
-                prepared.sender_address, prepared.address, prepared.data
+                prepared.sender_address, prepared.address, prepared.data, then
             )
             return Reply(contact, send_id, "accepted", code, text, Result.SENT)
         except SmtpRejected as error:

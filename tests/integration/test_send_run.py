@@ -5,6 +5,7 @@ SMTP sink on loopback: each reply is committed with the next contact's
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -50,11 +51,16 @@ def sink_settings(db, smtp_sink, monkeypatch):
         email_tile._sender.close()
 
 
-def _live_journey(db, tmp_path, html: str) -> tuple[int, int, list[int]]:
+def _live_journey(
+    db, tmp_path, html: str, addresses: dict[str, str] | None = None
+) -> tuple[int, int, list[int]]:
+    """Publish a journey whose email has this HTML, with one contact per
+    name; `addresses` gives some of them another address than their own."""
+    addresses = addresses or {}
     rows = [
         {
             "contact_id": f"c{n}",
-            "email": f"{name.lower()}@example.com",
+            "email": addresses.get(name, f"{name.lower()}@example.com"),
             "firstname": name,
         }
         for n, name in enumerate(NAMES, start=1)
@@ -122,8 +128,9 @@ def test_every_reply_recorded_and_no_lock_left(db, sink_settings, tmp_path):
 def test_render_failure_between_sends_keeps_the_reply_before(
     db, sink_settings, tmp_path
 ):
-    """Anna's reply waits to be committed with Bob's 'sending' record. Bob's
-    email fails to render, and Anna's reply is still recorded."""
+    """Bob's email fails to render before any email goes out. He is
+    recorded as failed, and the envelope that follows Anna's content is
+    Carla's, so the others go out once each."""
     html = HTML + "<p>{{ 12 // (contact.firstname | length - 3) }}</p>"
     journey_id, version, contacts = _live_journey(db, tmp_path, html)
 
@@ -153,6 +160,45 @@ def test_render_failure_between_sends_keeps_the_reply_before(
         " WHERE s.tile = 'send-hello' AND c.firstname = 'Bob'"
     ).fetchone()[0]
     assert "ZeroDivisionError" in reason
+    assert _advisory_locks(db) == 0
+
+
+def test_taken_address_is_blocked_and_its_open_envelope_delivers_nothing(
+    db, sink_settings, tmp_path, caplog
+):
+    """Carla has Anna's address. Bob's content carried Carla's envelope, but
+    her 'sending' record conflicts with Anna's, so she is blocked, the
+    envelope is abandoned, and the sink gets one email per address."""
+    journey_id, version, contacts = _live_journey(
+        db, tmp_path, HTML, {"Carla": "anna@example.com"}
+    )
+
+    with caplog.at_level(logging.INFO, logger="shared.mail"):
+        results = run_email(
+            ContactMessage(
+                journey_id=journey_id,
+                version=version,
+                tile="send-hello",
+                contacts=contacts,
+            )
+        )
+
+    assert +results == {Result.SENT: 4, Result.BLOCKED: 1}
+    # The sink was waiting for Carla's content, so the sender closed that
+    # connection and opened another for Dora.
+    opened = [r for r in caplog.messages if r.startswith("opened SMTP connection")]
+    assert len(opened) == 2
+    assert sorted(recipients(sink_settings)) == [
+        "anna@example.com",
+        "bob@example.com",
+        "dora@example.com",
+        "emil@example.com",
+    ]
+    reason = db.execute(
+        "SELECT s.reason FROM steps s JOIN contacts c ON c.id = s.contact"
+        " WHERE s.tile = 'send-hello' AND c.firstname = 'Carla'"
+    ).fetchone()[0]
+    assert reason == "duplicate_address"
     assert _advisory_locks(db) == 0
 
 

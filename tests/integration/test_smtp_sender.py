@@ -337,3 +337,103 @@ def test_line_break_in_address_sends_nothing(sink: SmtpSink) -> None:
     finally:
         sender.close()
     assert _stored(sink) == []
+
+
+def _message(recipient: str) -> bytes:
+    return f"Subject: for {recipient}\r\n\r\nbody\r\n".encode()
+
+
+def _subjects(sink: SmtpSink) -> list[str]:
+    return [str(message["Subject"]) for message in sink.handler.parsed()]
+
+
+def test_next_envelope_goes_with_the_content() -> None:
+    """With the next email named, its MAIL, RCPT and DATA follow this
+    email's content, and its own send then writes only its content."""
+    server = ScriptedServer({})
+    sender = _sender(server.port)
+    try:
+        sender.send(SENDER, "anna@example.com", DATA, (SENDER, "bob@example.com"))
+        after_first = list(server.received)
+        code, _ = sender.send(SENDER, "bob@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert code == 250
+    assert after_first[-4:] == [
+        ".",
+        f"MAIL FROM:<{SENDER}>",
+        "RCPT TO:<bob@example.com>",
+        "DATA",
+    ]
+    second = server.received[len(after_first) :]
+    assert second[:3] == ["Subject: hello", "", "first line"]
+    assert second[-2:] == [".", "quit"]
+    assert not any(line.startswith("MAIL") for line in second)
+
+
+def test_abandoned_envelope_delivers_nothing(sink: SmtpSink) -> None:
+    """An envelope opened for an email that is not sent after all delivers
+    nothing, whether the sender abandons it or sends another email first."""
+    sender = _sender(sink.port)
+    try:
+        sender.send(
+            SENDER, "anna@example.com", _message("anna"), (SENDER, "bob@example.com")
+        )
+        sender.abandon()
+        sender.send(
+            SENDER, "carla@example.com", _message("carla"), (SENDER, "dora@example.com")
+        )
+        code, _ = sender.send(SENDER, "emil@example.com", _message("emil"))
+    finally:
+        sender.close()
+    assert code == 250
+    assert _subjects(sink) == ["for anna", "for carla", "for emil"]
+
+
+def test_reply_to_next_envelope_decides_its_send(sink: SmtpSink) -> None:
+    """A rejection of the next email's recipient, read with this email's
+    reply, comes out of the next email's own send."""
+    rejections = Rejections(sink)
+    rejections.at_rcpt["gone@example.com"] = "550 5.1.1 no such user"
+    sender = _sender(sink.port)
+    try:
+        first, _ = sender.send(
+            SENDER, "anna@example.com", _message("anna"), (SENDER, "gone@example.com")
+        )
+        with pytest.raises(SmtpRejected) as rejected:
+            sender.send(
+                SENDER,
+                "gone@example.com",
+                _message("gone"),
+                (SENDER, "bob@example.com"),
+            )
+        last, _ = sender.send(SENDER, "bob@example.com", _message("bob"))
+    finally:
+        sender.close()
+    assert (first, rejected.value.code, last) == (250, 550, 250)
+    assert _subjects(sink) == ["for anna", "for bob"]
+
+
+def test_connection_lost_after_content_leaves_next_email_unsent(
+    sink: SmtpSink,
+) -> None:
+    """The connection drops after the server took Anna's email. Her outcome
+    is unknown; Bob's envelope went nowhere, and his send opens a new
+    connection."""
+    rejections = Rejections(sink)
+    rejections.drop_after_end.add("anna@example.com")
+    sender = _sender(sink.port)
+    try:
+        with pytest.raises(SmtpOutcomeUnknown):
+            sender.send(
+                SENDER,
+                "anna@example.com",
+                _message("anna"),
+                (SENDER, "bob@example.com"),
+            )
+        code, _ = sender.send(SENDER, "bob@example.com", _message("bob"))
+    finally:
+        sender.close()
+    assert code == 250
+    assert _subjects(sink) == ["for anna", "for bob"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 from email.message import EmailMessage
+from urllib.parse import quote
 
 import pytest
 from hypothesis import example, given, settings
@@ -17,8 +18,9 @@ from shared.mail import (
     checked_address,
     normalize_address,
     split_sender,
+    unsubscribe_mailto,
 )
-from shared.templates import CompiledEmail, RenderedEmail
+from shared.templates import _LINE_BREAKS, CompiledEmail, RenderedEmail, one_line
 
 TOKEN = "AQEAAAAHAAAAAAAB4kCZzHyOetx5h0fQwb4"
 UNSUBSCRIBE_URL = f"https://prefs.northwind.example.com/unsubscribe?token={TOKEN}"
@@ -236,3 +238,31 @@ def test_any_text_matches_full_check(address: str) -> None:
 )
 def test_split_sender(sender: str, expected: tuple[str, str]) -> None:
     assert split_sender(sender) == expected
+
+
+@given(st.text(max_size=60))
+@example("a\u2028b")
+@example(" tab\tand\x85next ")
+def test_one_line_fast_path_matches_collapsing(value: str) -> None:
+    assert one_line(value) == _LINE_BREAKS.sub(" ", value).strip()
+
+
+@given(st.text(max_size=40))
+@example(TOKEN)
+def test_unsubscribe_subject_is_the_quoted_token(token: str) -> None:
+    mailto = unsubscribe_mailto("unsubscribe@northwind.example.com", token)
+    assert mailto == (
+        "mailto:unsubscribe@northwind.example.com?subject="
+        + quote("unsubscribe " + token)
+    )
+
+
+@settings(max_examples=50)
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_any_bodies_come_back_from_their_parts(text: str, html: str) -> None:
+    """Whatever the bodies hold, the message parses into the same two parts,
+    so no boundary line can appear inside them."""
+    _, data = build_message(envelope(), RenderedEmail("subject", html, text))
+    parts = [part.get_content() for part in parse(data).iter_parts()]
+    normal = [value.replace("\r\n", "\n").replace("\r", "\n") for value in (text, html)]
+    assert [part.replace("\r\n", "\n") for part in parts] == normal
