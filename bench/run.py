@@ -7,7 +7,7 @@ E: contacts per second from go-live to the last email accepted by an SMTP
    confirms, acknowledgement after processing) and PostgreSQL (fsync as the
    server is configured).
 S: the same emails, pre-rendered, sent by plain smtplib over as many
-   persistent connections as the workers have threads: the SMTP ceiling.
+   persistent connections as the workers keep open: the SMTP ceiling.
 P: the same, sent by the engine's SMTP client alone, which pipelines MAIL,
    RCPT and DATA where the server offers it, as the sink does.
 R: S with one PostgreSQL commit per email that records the reply to the
@@ -69,6 +69,12 @@ def main() -> None:
         "--threads", type=int, default=8, help="threads per worker process"
     )
     parser.add_argument(
+        "--connections-per-thread",
+        type=int,
+        default=2,
+        help="SMTP connections that each worker thread keeps open",
+    )
+    parser.add_argument(
         "--engine-only",
         action="store_true",
         help="measure E, latency, CPU and memory only; for the large memory runs",
@@ -79,14 +85,19 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    connections = args.processes * args.threads
+    connections = args.processes * args.threads * args.connections_per_thread
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         print(f"E: {args.contacts} contacts through the engine ...", flush=True)
         # The baselines send the very emails that the engine's sink got.
         messages_file = None if args.engine_only else work / "engine-messages"
         engine = measure_engine(
-            work, args.contacts, args.processes, args.threads, messages_file
+            work,
+            args.contacts,
+            args.processes,
+            args.threads,
+            args.connections_per_thread,
+            messages_file,
         )
         smtp = pipelined = record = broker = None
         if messages_file is not None:
@@ -163,7 +174,12 @@ def _lines(path: Path) -> list[str]:
 
 
 def measure_engine(
-    folder: Path, count: int, workers: int, threads: int, messages_file: Path | None
+    folder: Path,
+    count: int,
+    workers: int,
+    threads: int,
+    connections_per_thread: int,
+    messages_file: Path | None,
 ) -> dict[str, Any]:
     sink, port, out = start_sink(folder, "engine", messages_file)
     try:
@@ -175,6 +191,7 @@ def measure_engine(
                     "JOURNEYS_SMTP_URL": f"smtp://127.0.0.1:{port}",
                     "JOURNEYS_TICK_SECONDS": "0.2",
                     "JOURNEYS_DB_POOL_SIZE": str(threads + 2),
+                    "JOURNEYS_SMTP_CONNECTIONS_PER_THREAD": str(connections_per_thread),
                 },
                 folder / "logs",
             )
@@ -313,6 +330,7 @@ def summarise(args, engine, smtp, pipelined, record, broker) -> dict[str, Any]: 
         "contacts": count,
         "worker_processes": args.processes,
         "threads_per_process": args.threads,
+        "smtp_connections": args.processes * args.threads * args.connections_per_thread,
         "e_per_s": round(engine["per_second"], 1),
         "s_per_s": _rounded(smtp, 1),
         "p_per_s": _rounded(pipelined, 1),

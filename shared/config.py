@@ -77,6 +77,14 @@ class Settings(BaseSettings):
         description="send MAIL, RCPT and DATA in one write when the SMTP "
         "server offers PIPELINING; false sends one command at a time",
     )
+    smtp_connections_per_thread: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="SMTP connections that each worker thread keeps open, with "
+        "one email in flight on each; the 'sending' records of one email per "
+        "connection share a database commit",
+    )
     smtp_max_retries: int = Field(default=8, ge=0)
     actor_time_limit_seconds: int = Field(default=300, gt=0)
 

@@ -168,6 +168,14 @@ def build_message(envelope: Envelope, rendered: RenderedEmail) -> tuple[str, byt
     return message_id, data
 
 
+def _check_addresses(*addresses: str) -> None:
+    for value in addresses:
+        if "\r" in value or "\n" in value:
+            # Go-live checks the sender and normalize_address the recipient,
+            # so this only guards them: a line break would add SMTP commands.
+            raise ValueError(f"line break in SMTP address {value!r}")
+
+
 def _commands(sender: str, recipient: str) -> str:
     return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
 
@@ -245,6 +253,16 @@ def _format_address(name: str, address: str) -> str:
     return formataddr((one_line(name), address), charset="utf-8")
 
 
+@dataclass(frozen=True)
+class Sending:
+    """A message that SmtpSender.begin() sent up to its content: the reply to
+    read from the connection, or the reply already known."""
+
+    connection: smtplib.SMTP | None = None
+    then: tuple[str, str] | None = None
+    reply: tuple[int, str] | None = None
+
+
 class SmtpSender:
     """One SMTP connection per thread, opened on first use and kept open."""
 
@@ -278,18 +296,100 @@ class SmtpSender:
         costs one round trip. Its content waits for its own send(). Call
         abandon() when that send does not follow.
         """
-        for value in (sender, recipient, *(then or ())):
-            if "\r" in value or "\n" in value:
-                # Go-live checks the sender and normalize_address the
-                # recipient, so this only guards them: a line break would add
-                # SMTP commands.
-                raise ValueError(f"line break in SMTP address {value!r}")
+        return self.finish(self.begin(sender, recipient, data, then))
+
+    def begin(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        then: tuple[str, str] | None = None,
+    ) -> Sending:
+        """Send a message up to its content, without waiting for the reply
+        to it, so that one thread can have messages in flight on several
+        senders. finish() reads the reply. Raises as send() does for what
+        happens before the content goes out."""
+        _check_addresses(sender, recipient, *(then or ()))
+        if getattr(self._local, "in_flight", False):
+            # The reply to an earlier content was never read; it would be
+            # taken for the reply to this envelope.
+            self._drop(quit=False)
         opened = self._take_opened(sender, recipient)
         connection = self._connection()
-        if self._pipelines(connection):
-            return self._send_pipelined(
-                connection, sender, recipient, data, opened, then
-            )
+        if not self._pipelines(connection):
+            return Sending(reply=self._send_singly(connection, sender, recipient, data))
+        replies = opened or self._open_envelope(connection, sender, recipient)
+        envelope_accepted = all(_accepted(code) for code, _ in replies[:2])
+        ready, ready_text = replies[2]
+        if envelope_accepted and ready == 354:
+            following = _commands(*then) if then else ""
+            self._local.in_flight = True
+            try:
+                connection.send(_content(data) + following.encode("ascii"))
+            except OSError as error:
+                self._drop()
+                raise SmtpOutcomeUnknown(
+                    f"SMTP connection lost during DATA: {error}"
+                ) from error
+            return Sending(connection=connection, then=then)
+        if ready == 354:
+            # A server that takes DATA after rejecting the envelope waits for
+            # content, and would read even QUIT as content. Only closing the
+            # connection ends that safely.
+            self._drop(quit=False)
+        else:
+            self._reset(connection)
+        self._raise_for_envelope(replies[:2])
+        self._raise_before_content(ready, ready_text, "DATA")
+
+    def open(self, sender: str, recipient: str) -> None:
+        """With pipelining, send a message's MAIL, RCPT and DATA ahead of its
+        begin(), so that begin() only writes the content. Does nothing when
+        the previous content carried them already. A failure here is met
+        again by begin(), which reports it."""
+        _check_addresses(sender, recipient)
+        opened = getattr(self._local, "opened", None)
+        if opened is not None and opened[0] == (sender, recipient):
+            return
+        self.abandon()
+        try:
+            connection = self._connection()
+        except SmtpTemporaryError:
+            return
+        if not self._pipelines(connection):
+            return
+        try:
+            connection.send(_commands(sender, recipient))
+        except OSError:
+            self._drop()
+            return
+        self._read_opened(connection, (sender, recipient))
+
+    def finish(self, sending: Sending) -> tuple[int, str]:
+        """Return the server's reply to the content that begin() sent, or
+        raise, as send() does."""
+        if sending.reply is not None:
+            return sending.reply
+        assert sending.connection is not None
+        try:
+            code, reply = sending.connection.getreply()
+        except OSError as error:
+            self._drop()
+            raise SmtpOutcomeUnknown(
+                f"SMTP connection lost during DATA: {error}"
+            ) from error
+        self._local.in_flight = False
+        if sending.then:
+            self._read_opened(sending.connection, sending.then)
+        return self._final(code, reply)
+
+    def close(self) -> None:
+        self._drop()
+
+    def _send_singly(
+        self, connection: smtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> tuple[int, str]:
+        """Send one command at a time, for a server without PIPELINING."""
         try:
             self._envelope(connection, sender, recipient)
         except OSError as error:
@@ -313,61 +413,26 @@ class SmtpSender:
             ) from error
         return self._final(code, reply)
 
-    def close(self) -> None:
-        self._drop()
-
-    def _send_pipelined(
-        self,
-        connection: smtplib.SMTP,
-        sender: str,
-        recipient: str,
-        data: bytes,
-        opened: list[tuple[int, bytes]] | None,
-        then: tuple[str, str] | None,
-    ) -> tuple[int, str]:
-        """Send MAIL, RCPT and DATA in one write (RFC 2920), unless the
-        previous message's write carried them already, and the content after
-        the 354 reply, followed by the next message's MAIL, RCPT and DATA."""
-        replies = opened
-        if replies is None:
-            replies = []
-            try:
-                connection.send(_commands(sender, recipient))
-                for _ in range(3):
-                    replies.append(connection.getreply())
-            except OSError as error:
-                self._drop()
-                # A server may reject the envelope and close the connection
-                # at once. The rejection read before that decides, as it
-                # would without pipelining.
-                self._raise_for_envelope(replies)
-                raise SmtpTemporaryError(
-                    f"SMTP connection lost before DATA: {error}"
-                ) from error
-        envelope_accepted = all(_accepted(code) for code, _ in replies[:2])
-        ready, ready_text = replies[2]
-        if envelope_accepted and ready == 354:
-            following = _commands(*then) if then else ""
-            try:
-                connection.send(_content(data) + following.encode("ascii"))
-                code, reply = connection.getreply()
-            except OSError as error:
-                self._drop()
-                raise SmtpOutcomeUnknown(
-                    f"SMTP connection lost during DATA: {error}"
-                ) from error
-            if then:
-                self._read_opened(connection, then)
-            return self._final(code, reply)
-        if ready == 354:
-            # A server that takes DATA after rejecting the envelope waits for
-            # content, and would read even QUIT as content. Only closing the
-            # connection ends that safely.
-            self._drop(quit=False)
-        else:
-            self._reset(connection)
-        self._raise_for_envelope(replies[:2])
-        self._raise_before_content(ready, ready_text, "DATA")
+    def _open_envelope(
+        self, connection: smtplib.SMTP, sender: str, recipient: str
+    ) -> list[tuple[int, bytes]]:
+        """Send MAIL, RCPT and DATA in one write (RFC 2920) and return the
+        three replies."""
+        replies: list[tuple[int, bytes]] = []
+        try:
+            connection.send(_commands(sender, recipient))
+            for _ in range(3):
+                replies.append(connection.getreply())
+        except OSError as error:
+            self._drop()
+            # A server may reject the envelope and close the connection at
+            # once. The rejection read before that decides, as it would
+            # without pipelining.
+            self._raise_for_envelope(replies)
+            raise SmtpTemporaryError(
+                f"SMTP connection lost before DATA: {error}"
+            ) from error
+        return replies
 
     def _read_opened(self, connection: smtplib.SMTP, then: tuple[str, str]) -> None:
         """Read the replies to the next message's MAIL, RCPT and DATA and keep
@@ -400,7 +465,11 @@ class SmtpSender:
         """End the envelope that the last send() opened for a message that
         will not be sent now. A server in DATA mode would take anything as
         content, so that connection is closed; otherwise RSET ends the
-        transaction."""
+        transaction. A connection whose reply to a begun message was never
+        read is closed too."""
+        if getattr(self._local, "in_flight", False):
+            self._drop(quit=False)
+            return
         opened = getattr(self._local, "opened", None)
         if opened is None:
             return
@@ -510,6 +579,7 @@ class SmtpSender:
     def _drop(self, quit: bool = True) -> None:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
+        self._local.in_flight = False
         if getattr(self._local, "opened", None) is not None:
             # A transaction stands open in DATA mode: QUIT would be content.
             self._local.opened = None

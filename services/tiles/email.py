@@ -52,7 +52,7 @@ from shared.broker import configure_broker, current_retries
 from shared.config import get_settings
 from shared.db import get_pool
 from shared.errors import SmtpTemporaryError
-from shared.mail import SmtpOutcomeUnknown, SmtpRejected, SmtpSender
+from shared.mail import Sending, SmtpOutcomeUnknown, SmtpRejected, SmtpSender
 from shared.metrics import count_outcome, observe_smtp
 from shared.templates import RenderError
 
@@ -91,21 +91,26 @@ class Batch:
     outbox: list[tuple] = field(default_factory=list)
 
 
-_sender: SmtpSender | None = None
+_senders: list[SmtpSender] | None = None
 _sender_lock = threading.Lock()
 
 
-def smtp_sender() -> SmtpSender:
-    global _sender
+def smtp_senders() -> list[SmtpSender]:
+    """The process's SMTP senders: each worker thread keeps one connection
+    open through each of them."""
+    global _senders
     with _sender_lock:
-        if _sender is None:
+        if _senders is None:
             settings = get_settings()
-            _sender = SmtpSender(
-                settings.smtp_target(),
-                settings.smtp_timeout_seconds,
-                pipelining=settings.smtp_pipelining,
-            )
-        return _sender
+            _senders = [
+                SmtpSender(
+                    settings.smtp_target(),
+                    settings.smtp_timeout_seconds,
+                    pipelining=settings.smtp_pipelining,
+                )
+                for _ in range(settings.smtp_connections_per_thread)
+            ]
+        return _senders
 
 
 def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
@@ -128,10 +133,7 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
                     context, recipients[contact][0], recipients[contact][1], send_id
                 )
             )
-            for index, (contact, send_id, previous, prepared) in enumerate(ready):
-                following = ready[index + 1][3] if index + 1 < len(ready) else None
-                result = run.send(contact, send_id, previous, prepared, following)
-                batch.results[result] += 1
+            run.send_all(ready)
         finally:
             try:
                 if run is not None:
@@ -140,7 +142,8 @@ def run_email(message: ContactMessage, *, retries: int = 0) -> Counter[Result]:
                 # Also frees a lock that an error left behind, before the
                 # connection goes back to the pool.
                 conn.execute("SELECT pg_advisory_unlock_all()")
-                smtp_sender().abandon()
+                for sender in smtp_senders():
+                    sender.abandon()
         publish_outbox(conn, batch.outbox)
     for result, count in batch.results.items():
         if result not in (Result.SKIPPED, Result.DEFERRED):
@@ -336,19 +339,22 @@ class Reply:
 
 
 class SendRun:
-    """Sends a batch's emails one after the other over this thread's SMTP
-    connection.
+    """Sends a batch's emails over this thread's SMTP connections, one email
+    in flight on each.
 
-    The reply for one contact is committed in the same transaction as the
-    'sending' record of the next, so each email costs one database round
-    trip and one commit. With pipelining, the next email's MAIL, RCPT and
-    DATA follow each email's content in one write, so each email also costs
-    one SMTP round trip; its content waits until its 'sending' record has
+    The emails go out in groups of one per connection. One database
+    transaction records the replies to the group before, and takes the lock
+    and commits the 'sending' record of each email of the next group; then
+    their contents go out, one on each connection, and the replies are read.
+    So each group costs one database round trip and one commit. With
+    pipelining, the MAIL, RCPT and DATA of the email that a connection sends
+    next follow each content in the same write, so each email also costs one
+    SMTP round trip; its content waits until its 'sending' record has
     committed. An email that is not marked after all (its lock is held
     elsewhere, or its address is taken) leaves its envelope open, and the
     sender abandons it. A crash between an acceptance and its record leaves
     'sending', which the next delivery marks 'unconfirmed' and does not
-    resend.
+    resend: at most one email per connection.
     """
 
     def __init__(
@@ -364,11 +370,12 @@ class SendRun:
         self.tile = tile
         self.final_attempt = final_attempt
         self.batch = batch
-        self.pending: Reply | None = None
-        self.recorded_key: int | None = None
-        # One cursor for the batch's statements: a new one per execute costs
-        # a few percent of a send's CPU.
-        self.cursor = conn.cursor()
+        self.senders = smtp_senders()
+        self.pending: list[Reply] = []
+        self.recorded_keys: list[int] = []
+        # One cursor per statement of a transaction, kept for the batch: a
+        # new one per execute costs a few percent of a send's CPU.
+        self.cursors: list[psycopg.Cursor] = []
 
     def render_all(
         self, render: Callable[[int, int], PreparedSend]
@@ -394,119 +401,194 @@ class SendRun:
                 self.batch.results[result] += 1
         return ready
 
-    def send(
-        self,
-        contact: int,
-        send_id: int,
-        previous: str | None,
-        prepared: PreparedSend,
-        following: PreparedSend | None = None,
-    ) -> Result:
-        """Mark one email as sending and send it. `following` is the email
-        that this run sends next, whose envelope rides with this content."""
-        locked, marked = self._commit((contact, send_id, previous, prepared))
-        if not (locked and marked):
-            # The previous send may have opened this email's envelope.
-            smtp_sender().abandon()
-            if not locked:
-                return Result.DEFERRED
-            return _unmarked(self.conn, self.plan, self.tile, contact, self.batch)
-        self.pending = self._converse(contact, send_id, prepared, following)
-        return self.pending.result
+    def send_all(self, ready: list[tuple[int, int, str | None, PreparedSend]]) -> None:
+        """Send the rendered emails, one group of one per connection at a time."""
+        lanes = len(self.senders)
+        for start in range(0, len(ready), lanes):
+            self._send_group(
+                ready[start : start + lanes], ready[start + lanes : start + 2 * lanes]
+            )
 
     def flush(self) -> None:
-        """Record the reply still waiting, if any: the last one of the batch,
-        or one whose statement failed."""
-        if self.pending is not None:
-            self._commit(None)
+        """Record the replies still waiting, if any: those of the last group,
+        or those whose statement failed."""
+        if self.pending:
+            self._commit([])
 
-    def _converse(
+    def _send_group(
         self,
-        contact: int,
-        send_id: int,
-        prepared: PreparedSend,
-        following: PreparedSend | None,
-    ) -> Reply:
-        plan, tile = self.plan, self.tile
+        group: list[tuple[int, int, str | None, PreparedSend]],
+        following: list[tuple[int, int, str | None, PreparedSend]],
+    ) -> None:
+        """Mark the group's emails as sending and send each over its own
+        connection. `following` is the next group, whose envelopes ride with
+        these contents."""
+        # Envelopes first, so that no content waits for a round trip once
+        # its 'sending' record has committed. Most rode with the contents
+        # of the group before.
+        for lane, (_, _, _, prepared) in enumerate(group):
+            self.senders[lane].open(prepared.sender_address, prepared.address)
+        marks = self._commit(group)
+        marked = []
+        for lane, (email, (held, written)) in enumerate(zip(group, marks, strict=True)):
+            sender = self.senders[lane]
+            if held and written:
+                after = following[lane][3] if lane < len(following) else None
+                marked.append((email, sender, after))
+                continue
+            # The group before may have opened this email's envelope.
+            sender.abandon()
+            result = Result.DEFERRED
+            if held:
+                result = _unmarked(
+                    self.conn, self.plan, self.tile, email[0], self.batch
+                )
+            self.batch.results[result] += 1
+        # Every content goes out before the first reply is awaited.
+        begun = [
+            (email, sender, self._begin(sender, email, after))
+            for email, sender, after in marked
+        ]
+        for (contact, send_id, _, _), sender, (sending, started) in begun:
+            if isinstance(sending, Reply):
+                reply = sending
+            else:
+                reply = self._finish(sender, contact, send_id, sending)
+            observe_smtp(time.perf_counter() - started)
+            self.pending.append(reply)
+            self.batch.results[reply.result] += 1
+
+    def _begin(
+        self,
+        sender: SmtpSender,
+        email: tuple[int, int, str | None, PreparedSend],
+        after: PreparedSend | None,
+    ) -> tuple[Sending | Reply, float]:
+        """Send an email up to its content; return what finish() needs, or
+        the reply when the send ended before the content."""
+        contact, send_id, _, prepared = email
+        then = (after.sender_address, after.address) if after else None
         started = time.perf_counter()
-        then = (following.sender_address, following.address) if following else None
         try:
-            code, text = smtp_sender().send(
+            sending = sender.begin(
                 prepared.sender_address, prepared.address, prepared.data, then
             )
-            return Reply(contact, send_id, "accepted", code, text, Result.SENT)
-        except SmtpRejected as error:
+        except (SmtpRejected, SmtpOutcomeUnknown, SmtpTemporaryError) as error:
+            return self._failed(contact, send_id, error), started
+        return sending, started
+
+    def _finish(
+        self, sender: SmtpSender, contact: int, send_id: int, sending: Sending
+    ) -> Reply:
+        try:
+            code, text = sender.finish(sending)
+        except (SmtpRejected, SmtpOutcomeUnknown, SmtpTemporaryError) as error:
+            return self._failed(contact, send_id, error)
+        return Reply(contact, send_id, "accepted", code, text, Result.SENT)
+
+    def _failed(self, contact: int, send_id: int, error: Exception) -> Reply:
+        """Return the reply that a failed send records."""
+        plan, tile = self.plan, self.tile
+        if isinstance(error, SmtpRejected):
             return Reply(
                 contact, send_id, "rejected", error.code, error.reply, Result.BOUNCED
             )
-        except SmtpOutcomeUnknown as error:
+        if isinstance(error, SmtpOutcomeUnknown):
             logger.warning(
                 "journey %s tile %s contact %s: %s", plan.name, tile, contact, error
             )
             return Reply(
                 contact, send_id, "unconfirmed", None, str(error), Result.UNCONFIRMED
             )
-        except SmtpTemporaryError as error:
-            logger.warning(
-                "journey %s tile %s contact %s: %s: %s",
-                plan.name,
-                tile,
-                contact,
-                "giving up" if self.final_attempt else "deferred",
-                error,
-            )
-            result = Result.FAILED if self.final_attempt else Result.DEFERRED
-            return Reply(contact, send_id, "deferred", None, str(error), result)
-        finally:
-            observe_smtp(time.perf_counter() - started)
+        logger.warning(
+            "journey %s tile %s contact %s: %s: %s",
+            plan.name,
+            tile,
+            contact,
+            "giving up" if self.final_attempt else "deferred",
+            error,
+        )
+        result = Result.FAILED if self.final_attempt else Result.DEFERRED
+        return Reply(contact, send_id, "deferred", None, str(error), result)
 
-    def _commit(self, mark: tuple | None) -> tuple[bool, bool]:
-        """Run the statement that records the waiting reply, takes the next
-        contact's lock and writes its 'sending' record, and releases the lock
-        of the contact the previous statement recorded. Returns whether the
-        next contact's lock was taken and its record written."""
+    def _commit(
+        self, marks: list[tuple[int, int, str | None, PreparedSend]]
+    ) -> list[tuple[bool, bool]]:
+        """In one transaction, record the waiting replies, take each marked
+        contact's lock and write its 'sending' record, and release the locks
+        of the contacts that the transaction before recorded. Returns, per
+        mark, whether its lock was taken and its record written.
+
+        Each reply and each mark goes to one statement of the transaction,
+        built as for a single email; the statements go to the server in one
+        pipeline, so the transaction costs one round trip."""
         plan = self.plan
-        reply = self.pending
-        params = {
-            "journey": plan.journey_id,
-            "version": plan.version,
-            "tile": self.tile,
-            "now": clock.now(),
-            "unlock_key": self.recorded_key,
-            **(self._reply_params(reply) if reply else _NO_REPLY),
-            **(_mark_params(*mark) if mark else _NO_MARK),
-        }
-        statement = _record_and_mark(_parts_for(params))
-        row = self.cursor.execute(statement, params).fetchone()
-        # Only now is the reply recorded. After a failed statement, flush()
-        # records it again on its own.
-        self.pending = None
-        held, marked, queued = row or (None, None, None)
-        self.recorded_key = None if reply is None else reply.contact % _LOCK_SPACE
+        replies = self.pending
+        count = max(len(replies), len(marks), len(self.recorded_keys))
+        now = clock.now()
+        statements = []
+        for index in range(count):
+            reply = replies[index] if index < len(replies) else None
+            mark = marks[index] if index < len(marks) else None
+            key = self.recorded_keys[index] if index < len(self.recorded_keys) else None
+            params = {
+                "journey": plan.journey_id,
+                "version": plan.version,
+                "tile": self.tile,
+                "now": now,
+                "unlock_key": key,
+                **(self._reply_params(reply) if reply else _NO_REPLY),
+                **(_mark_params(*mark) if mark else _NO_MARK),
+            }
+            statements.append((_record_and_mark(_parts_for(params)), params))
+        rows = self._execute(statements)
+        # Only now are the replies recorded. After a failed transaction,
+        # flush() records them again.
+        self.pending = []
+        self.recorded_keys = [reply.contact % _LOCK_SPACE for reply in replies]
 
-        if reply is not None and queued:
-            self.batch.outbox.extend(
-                (
-                    outbox_id,
-                    plan.journey_id,
-                    plan.version,
-                    params["next_tile"],
-                    reply.contact,
+        for reply, (_, params), row in zip(replies, statements, rows, strict=False):
+            queued = row[2] if row else None
+            if queued:
+                self.batch.outbox.extend(
+                    (
+                        outbox_id,
+                        plan.journey_id,
+                        plan.version,
+                        params["next_tile"],
+                        reply.contact,
+                    )
+                    for outbox_id in queued
                 )
-                for outbox_id in queued
-            )
-        if mark is None:
-            return True, True
+        results = []
+        for mark, row in zip(marks, rows, strict=False):
+            held, marked = (row[0], row[1]) if row else (None, None)
+            if not held:
+                logger.info(
+                    "journey %s tile %s contact %s: send in flight elsewhere,"
+                    " retrying later",
+                    plan.name,
+                    self.tile,
+                    mark[0],
+                )
+            results.append((bool(held), marked is not None))
+        return results
 
-        if not held:
-            logger.info(
-                "journey %s tile %s contact %s: send in flight elsewhere,"
-                " retrying later",
-                plan.name,
-                self.tile,
-                mark[0],
-            )
-        return bool(held), marked is not None
+    def _execute(self, statements: list[tuple[str, dict]]) -> list[tuple | None]:
+        """Run the statements in one transaction and one round trip; return
+        the row of each."""
+        while len(self.cursors) < len(statements):
+            self.cursors.append(self.conn.cursor())
+        if len(statements) == 1:
+            return [self.cursors[0].execute(*statements[0]).fetchone()]
+        # In a pipeline the statements before the sync form one transaction.
+        with self.conn.pipeline() as pipeline:
+            for cursor, (statement, params) in zip(
+                self.cursors[: len(statements)], statements, strict=True
+            ):
+                cursor.execute(statement, params)
+            pipeline.sync()
+            return [cursor.fetchone() for cursor in self.cursors[: len(statements)]]
 
     def _reply_params(self, reply: Reply) -> dict[str, object]:
         step = _STEP_FOR_RESULT.get(reply.result)

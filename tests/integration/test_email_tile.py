@@ -246,11 +246,17 @@ def test_withdrawn_email_fails_contacts_without_sending(
     assert rows == [("failed", "email 'hello' is not published")] * 4
 
 
+@pytest.mark.parametrize("connections", [1, 2])
 def test_interrupted_send_recorded_unconfirmed_not_resent(
-    db, processes, smtp_sink, tmp_path
+    db, processes, smtp_sink, tmp_path, connections
 ):
     """The server accepts the message but the worker dies before it records
-    that: the send must be marked unconfirmed, never sent again."""
+    that: the send must be marked unconfirmed, never sent again.
+
+    With one SMTP connection per thread, the second contact's email had not
+    gone out and is sent after the restart. With two, it went out on the
+    other connection at the same time, so its reply was lost too: both are
+    unconfirmed, and each arrived once."""
     accepted = threading.Event()
 
     def stall_after_accepting(rcpt: str) -> None:
@@ -259,6 +265,7 @@ def test_interrupted_send_recorded_unconfirmed_not_resent(
             time.sleep(3)  # the worker is killed while it waits for this reply
 
     smtp_sink.handler.on_accepted = stall_after_accepting
+    processes.env["JOURNEYS_SMTP_CONNECTIONS_PER_THREAD"] = str(connections)
     import_contacts(db, write_contacts(tmp_path / "c.csv", simple_contacts(2)))
     _go_live(db, write_definitions(tmp_path))
     workers = processes.start_workers(processes=1, threads=1)
@@ -267,10 +274,16 @@ def test_interrupted_send_recorded_unconfirmed_not_resent(
     processes.kill(workers, signal.SIGKILL)
     processes.start_workers(processes=1, threads=1)
     wait_until(lambda: _settled(db, 2), 60, what="both contacts processed")
+    # The sink reads the second connection's email once its stall is over.
+    wait_until(lambda: "c2@example.com" in recipients(smtp_sink), 30, what="c2's email")
     time.sleep(1)
 
     assert recipients(smtp_sink).count("c1@example.com") == 1
+    assert recipients(smtp_sink).count("c2@example.com") == 1
     assert db.execute(
         "SELECT state FROM sends WHERE address = 'c1@example.com'"
     ).fetchone() == ("unconfirmed",)
-    assert step_counts(db, "send-hello") == {"unconfirmed": 1, "sent": 1}
+    if connections == 1:
+        assert step_counts(db, "send-hello") == {"unconfirmed": 1, "sent": 1}
+    else:
+        assert step_counts(db, "send-hello") == {"unconfirmed": 2}

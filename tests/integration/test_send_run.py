@@ -45,10 +45,10 @@ def sink_settings(db, smtp_sink, monkeypatch):
     """Point this process's settings and SMTP sender at the test's sink."""
     monkeypatch.setenv("JOURNEYS_SMTP_URL", smtp_sink.url)
     get_settings.cache_clear()
-    monkeypatch.setattr(email_tile, "_sender", None)
+    monkeypatch.setattr(email_tile, "_senders", None)
     yield smtp_sink
-    if email_tile._sender is not None:
-        email_tile._sender.close()
+    for sender in email_tile._senders or []:
+        sender.close()
 
 
 def _live_journey(
@@ -101,7 +101,15 @@ def _advisory_locks(db) -> int:
     return row.fetchone()[0]
 
 
-def test_every_reply_recorded_and_no_lock_left(db, sink_settings, tmp_path):
+@pytest.mark.parametrize("connections", [1, 2, 3])
+def test_every_reply_recorded_and_no_lock_left(
+    db, sink_settings, tmp_path, monkeypatch, connections
+):
+    """Whatever the number of connections per thread, each contact gets one
+    email and one record, and the 'sending' records of each group of one
+    email per connection share a transaction."""
+    monkeypatch.setenv("JOURNEYS_SMTP_CONNECTIONS_PER_THREAD", str(connections))
+    get_settings.cache_clear()
     journey_id, version, contacts = _live_journey(db, tmp_path, HTML)
     message = ContactMessage(
         journey_id=journey_id, version=version, tile="send-hello", contacts=contacts
@@ -115,6 +123,11 @@ def test_every_reply_recorded_and_no_lock_left(db, sink_settings, tmp_path):
     )
     states = db.execute("SELECT state, count(*) FROM sends GROUP BY state").fetchall()
     assert states == [("accepted", 5)]
+    # A send row was last written by the transaction that recorded its
+    # reply, one per group: with two connections, the groups are
+    # (Anna, Bob), (Carla, Dora) and (Emil).
+    groups = db.execute("SELECT count(DISTINCT xmin::text) FROM sends").fetchone()
+    assert groups == (-(-len(NAMES) // connections),)
     assert step_counts(db, "send-hello") == {"sent": 5}
     entries = db.execute("SELECT state, count(*) FROM entries GROUP BY state")
     assert entries.fetchall() == [("completed", 5)]
@@ -166,9 +179,10 @@ def test_render_failure_between_sends_keeps_the_reply_before(
 def test_taken_address_is_blocked_and_its_open_envelope_delivers_nothing(
     db, sink_settings, tmp_path, caplog
 ):
-    """Carla has Anna's address. Bob's content carried Carla's envelope, but
-    her 'sending' record conflicts with Anna's, so she is blocked, the
-    envelope is abandoned, and the sink gets one email per address."""
+    """Carla has Anna's address. Anna's content carried Carla's envelope on
+    their connection, but Carla's 'sending' record conflicts with Anna's, so
+    she is blocked, the envelope is abandoned, and the sink gets one email
+    per address."""
     journey_id, version, contacts = _live_journey(
         db, tmp_path, HTML, {"Carla": "anna@example.com"}
     )
@@ -185,9 +199,9 @@ def test_taken_address_is_blocked_and_its_open_envelope_delivers_nothing(
 
     assert +results == {Result.SENT: 4, Result.BLOCKED: 1}
     # The sink was waiting for Carla's content, so the sender closed that
-    # connection and opened another for Dora.
+    # connection and opened another for the email after hers on it.
     opened = [r for r in caplog.messages if r.startswith("opened SMTP connection")]
-    assert len(opened) == 2
+    assert len(opened) == len(email_tile.smtp_senders()) + 1
     assert sorted(recipients(sink_settings)) == [
         "anna@example.com",
         "bob@example.com",
@@ -219,9 +233,9 @@ def test_reply_record_waits_for_journey_end_without_deadlock(
             with get_pool().connection() as conn:
                 plan = load_plan(conn, journey_id, version)
                 run = SendRun(conn, plan, "send-hello", False, Batch())
-                run.pending = Reply(
-                    contact, send_id, "accepted", 250, "OK", Result.SENT
-                )
+                run.pending = [
+                    Reply(contact, send_id, "accepted", 250, "OK", Result.SENT)
+                ]
                 run.flush()
         except BaseException as error:  # reported by the assert below
             errors.append(error)

@@ -322,9 +322,12 @@ def test_pipelining_setting_reaches_the_email_tile(
 ) -> None:
     monkeypatch.setenv("JOURNEYS_SMTP_PIPELINING", "false")
     get_settings.cache_clear()
-    monkeypatch.setattr(email_tile, "_sender", None)
+    monkeypatch.setattr(email_tile, "_senders", None)
     try:
-        assert email_tile.smtp_sender().pipelining is False
+        assert [sender.pipelining for sender in email_tile.smtp_senders()] == [
+            False,
+            False,
+        ]
     finally:
         get_settings.cache_clear()
 
@@ -437,3 +440,76 @@ def test_connection_lost_after_content_leaves_next_email_unsent(
         sender.close()
     assert code == 250
     assert _subjects(sink) == ["for anna", "for bob"]
+
+
+def test_one_thread_has_a_message_in_flight_on_each_sender(sink: SmtpSink) -> None:
+    """Both contents go out before either reply is read."""
+    first, second = _sender(sink.port), _sender(sink.port)
+    try:
+        to_anna = first.begin(SENDER, "anna@example.com", _message("anna"))
+        to_bob = second.begin(SENDER, "bob@example.com", _message("bob"))
+        replies = [second.finish(to_bob)[0], first.finish(to_anna)[0]]
+    finally:
+        first.close()
+        second.close()
+    assert replies == [250, 250]
+    assert sorted(_subjects(sink)) == ["for anna", "for bob"]
+
+
+def test_unread_reply_never_answers_the_next_message(sink: SmtpSink) -> None:
+    """A message begun but never finished leaves its reply, and the next
+    envelope's replies, unread on the connection. Abandoning the sender, or
+    beginning another message, closes that connection first, so no stale
+    reply is taken for a new command and nothing else is delivered."""
+    sender = _sender(sink.port)
+    try:
+        sender.begin(
+            SENDER, "anna@example.com", _message("anna"), (SENDER, "bob@example.com")
+        )
+        sender.abandon()
+        sender.begin(
+            SENDER,
+            "carla@example.com",
+            _message("carla"),
+            (SENDER, "dora@example.com"),
+        )
+        code, _ = sender.send(SENDER, "emil@example.com", _message("emil"))
+    finally:
+        sender.close()
+    assert code == 250
+    assert _subjects(sink) == ["for anna", "for carla", "for emil"]
+
+
+def test_opened_envelope_leaves_only_the_content_to_send() -> None:
+    """open() sends MAIL, RCPT and DATA ahead, so that the send writes the
+    content alone, with no round trip between the record and the content."""
+    server = ScriptedServer({})
+    sender = _sender(server.port)
+    try:
+        sender.open(SENDER, "anna@example.com")
+        before_send = list(server.received)
+        code, _ = sender.send(SENDER, "anna@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert code == 250
+    assert before_send[-3:] == [
+        f"MAIL FROM:<{SENDER}>",
+        "RCPT TO:<anna@example.com>",
+        "DATA",
+    ]
+    assert not any(
+        line.startswith("MAIL") for line in server.received[len(before_send) :]
+    )
+
+
+def test_open_then_send_delivers_once(sink: SmtpSink) -> None:
+    sender = _sender(sink.port)
+    try:
+        sender.open(SENDER, "anna@example.com")
+        sender.open(SENDER, "anna@example.com")  # open already: nothing more
+        code, _ = sender.send(SENDER, "anna@example.com", _message("anna"))
+    finally:
+        sender.close()
+    assert code == 250
+    assert _subjects(sink) == ["for anna"]
