@@ -66,12 +66,12 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument(
-        "--threads", type=int, default=8, help="threads per worker process"
+        "--threads", type=int, default=4, help="threads per worker process"
     )
     parser.add_argument(
         "--connections-per-thread",
         type=int,
-        default=2,
+        default=4,
         help="SMTP connections that each worker thread keeps open",
     )
     parser.add_argument(

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         "server offers PIPELINING; false sends one command at a time",
     )
     smtp_connections_per_thread: int = Field(
-        default=2,
+        default=4,
         ge=1,
         le=8,
         description="SMTP connections that each worker thread keeps open, with "

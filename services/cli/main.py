@@ -329,8 +329,9 @@ def import_command(file: Path) -> None:
 def worker(ctx: typer.Context) -> None:
     """Run the tile actors as Dramatiq worker processes.
 
-    Extra options go to `dramatiq`, for example -p 2 -t 8 for two processes of
-    eight threads.
+    Extra options go to `dramatiq`, for example -p 2 -t 4 for two processes of
+    four threads. Each thread keeps JOURNEYS_SMTP_CONNECTIONS_PER_THREAD SMTP
+    connections open.
     """
     settings = get_settings()
     apply_migrations(settings.database_url)
