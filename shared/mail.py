@@ -207,7 +207,7 @@ def _quoted_printable(body: str) -> bytes:
 
 # A MIME boundary needs only to be absent from the parts it separates. The
 # parts are quoted-printable, in which '=' always starts an escape of two
-# hex digits or a soft line break, so no part holds '=_'. A random prefix
+# hex digits or a soft line break, so no part contains '=_'. A random prefix
 # per process and a counter are cheaper than random bytes per message.
 _BOUNDARY_PREFIX = "=_" + secrets.token_hex(8)
 _boundary_numbers = itertools.count()
@@ -581,7 +581,7 @@ class SmtpSender:
         self._local.connection = None
         self._local.in_flight = False
         if getattr(self._local, "opened", None) is not None:
-            # A transaction stands open in DATA mode: QUIT would be content.
+            # A transaction is open in DATA mode: QUIT would be content.
             self._local.opened = None
             quit = False
         if connection is None:

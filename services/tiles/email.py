@@ -96,8 +96,8 @@ _sender_lock = threading.Lock()
 
 
 def smtp_senders() -> list[SmtpSender]:
-    """The process's SMTP senders: each worker thread keeps one connection
-    open through each of them."""
+    """Return the process's SMTP senders. Each worker thread keeps one
+    connection open through each of them."""
     global _senders
     with _sender_lock:
         if _senders is None:
@@ -343,10 +343,10 @@ class SendRun:
     in flight on each.
 
     The emails go out in groups of one per connection. One database
-    transaction records the replies to the group before, and takes the lock
-    and commits the 'sending' record of each email of the next group; then
-    their contents go out, one on each connection, and the replies are read.
-    So each group costs one database round trip and one commit. With
+    transaction records the replies to the group before. It also takes the
+    lock and commits the 'sending' record of each email of the next group.
+    Then their contents go out, one on each connection, and the replies are
+    read. So each group costs one database round trip and one commit. With
     pipelining, the MAIL, RCPT and DATA of the email that a connection sends
     next follow each content in the same write, so each email also costs one
     SMTP round trip; its content waits until its 'sending' record has
@@ -381,8 +381,8 @@ class SendRun:
         self, render: Callable[[int, int], PreparedSend]
     ) -> list[tuple[int, int, str | None, PreparedSend]]:
         """Render the batch's emails before the first goes out, so that each
-        send knows the address of the next. A contact whose email cannot be
-        rendered is recorded as failed."""
+        send can carry the next email's envelope. A contact whose email cannot
+        be rendered is recorded as failed."""
         ready = []
         for contact, send_id, previous in self.batch.to_send:
             try:
@@ -520,7 +520,7 @@ class SendRun:
         mark, whether its lock was taken and its record written.
 
         Each reply and each mark goes to one statement of the transaction,
-        built as for a single email; the statements go to the server in one
+        built as for a single email. The statements go to the server in one
         pipeline, so the transaction costs one round trip."""
         plan = self.plan
         replies = self.pending

@@ -177,7 +177,7 @@ def test_render_failure_between_sends_keeps_the_reply_before(
 
 
 @pytest.mark.parametrize(("connections", "opened"), [(2, 3), (4, 4)])
-def test_taken_address_is_blocked_and_its_open_envelope_delivers_nothing(
+def test_taken_address_blocked_and_envelope_abandoned(
     db, sink_settings, tmp_path, caplog, monkeypatch, connections, opened
 ):
     """Carla has Anna's address, so her 'sending' record conflicts with

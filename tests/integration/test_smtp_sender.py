@@ -417,7 +417,7 @@ def test_reply_to_next_envelope_decides_its_send(sink: SmtpSink) -> None:
     assert _subjects(sink) == ["for anna", "for bob"]
 
 
-def test_connection_lost_after_content_leaves_next_email_unsent(
+def test_lost_after_content_next_email_unsent(
     sink: SmtpSink,
 ) -> None:
     """The connection drops after the server took Anna's email. Her outcome
@@ -441,7 +441,7 @@ def test_connection_lost_after_content_leaves_next_email_unsent(
     assert _subjects(sink) == ["for anna", "for bob"]
 
 
-def test_one_thread_has_a_message_in_flight_on_each_sender(sink: SmtpSink) -> None:
+def test_one_message_in_flight_per_sender(sink: SmtpSink) -> None:
     """Both contents go out before either reply is read."""
     first, second = _sender(sink.port), _sender(sink.port)
     try:
