@@ -8,6 +8,7 @@ import itertools
 import logging
 import re
 import secrets
+import select
 import smtplib
 import ssl
 import threading
@@ -176,6 +177,18 @@ def _check_addresses(*addresses: str) -> None:
             raise ValueError(f"line break in SMTP address {value!r}")
 
 
+def _has_input(connection: smtplib.SMTP) -> bool:
+    """Return whether the server has closed the connection or sent a line
+    that nothing asked for, without blocking."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
 def _commands(sender: str, recipient: str) -> str:
     return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
 
@@ -310,20 +323,25 @@ class SmtpSender:
         senders. finish() reads the reply. Raises as send() does for what
         happens before the content goes out."""
         _check_addresses(sender, recipient, *(then or ()))
-        if getattr(self._local, "in_flight", False):
-            # The reply to an earlier content was never read; it would be
-            # taken for the reply to this envelope.
-            self._drop(quit=False)
+        self._drop_if_unread()
         opened = self._take_opened(sender, recipient)
         connection = self._connection()
         if not self._pipelines(connection):
             return Sending(reply=self._send_singly(connection, sender, recipient, data))
+        if opened is not None and _has_input(connection):
+            # The envelope was answered a while ago, and the server has since
+            # closed the connection or said more. The content has not gone
+            # out, so the send can be retried.
+            self._drop(quit=False)
+            raise SmtpTemporaryError(
+                "SMTP connection closed before the content was sent"
+            )
         replies = opened or self._open_envelope(connection, sender, recipient)
         envelope_accepted = all(_accepted(code) for code, _ in replies[:2])
         ready, ready_text = replies[2]
         if envelope_accepted and ready == 354:
             following = _commands(*then) if then else ""
-            self._local.in_flight = True
+            self._local.unread = True
             try:
                 connection.send(_content(data) + following.encode("ascii"))
             except OSError as error:
@@ -358,6 +376,7 @@ class SmtpSender:
             return
         if not self._pipelines(connection):
             return
+        self._local.unread = True
         try:
             connection.send(_commands(sender, recipient))
         except OSError:
@@ -378,18 +397,43 @@ class SmtpSender:
             raise SmtpOutcomeUnknown(
                 f"SMTP connection lost during DATA: {error}"
             ) from error
-        self._local.in_flight = False
         if sending.then:
             self._read_opened(sending.connection, sending.then)
+        else:
+            self._local.unread = False
         return self._final(code, reply)
 
     def close(self) -> None:
         self._drop()
 
+    def pipelines(self) -> bool:
+        """Return whether this thread's connection pipelines, opening it if
+        needed. False when it cannot be opened: the send reports that."""
+        if not self.pipelining:
+            return False
+        try:
+            return self._pipelines(self._connection())
+        except SmtpTemporaryError:
+            return False
+
     def _send_singly(
         self, connection: smtplib.SMTP, sender: str, recipient: str, data: bytes
     ) -> tuple[int, str]:
         """Send one command at a time, for a server without PIPELINING."""
+        self._local.unread = True
+        try:
+            reply = self._converse_singly(connection, sender, recipient, data)
+        except (SmtpRejected, SmtpTemporaryError, SmtpOutcomeUnknown):
+            # Each of these leaves the exchange complete or the connection
+            # closed.
+            self._local.unread = False
+            raise
+        self._local.unread = False
+        return reply
+
+    def _converse_singly(
+        self, connection: smtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> tuple[int, str]:
         try:
             self._envelope(connection, sender, recipient)
         except OSError as error:
@@ -419,10 +463,12 @@ class SmtpSender:
         """Send MAIL, RCPT and DATA in one write (RFC 2920) and return the
         three replies."""
         replies: list[tuple[int, bytes]] = []
+        self._local.unread = True
         try:
             connection.send(_commands(sender, recipient))
             for _ in range(3):
                 replies.append(connection.getreply())
+            self._local.unread = False
         except OSError as error:
             self._drop()
             # A server may reject the envelope and close the connection at
@@ -445,6 +491,7 @@ class SmtpSender:
         except OSError:
             self._drop(quit=False)
             return
+        self._local.unread = False
         self._local.opened = (then, replies)
 
     def _take_opened(
@@ -465,10 +512,9 @@ class SmtpSender:
         """End the envelope that the last send() opened for a message that
         will not be sent now. A server in DATA mode would take anything as
         content, so that connection is closed; otherwise RSET ends the
-        transaction. A connection whose reply to a begun message was never
-        read is closed too."""
-        if getattr(self._local, "in_flight", False):
-            self._drop(quit=False)
+        transaction. A connection that may still owe replies, because an
+        exchange was cut short, is closed too."""
+        if self._drop_if_unread():
             return
         opened = getattr(self._local, "opened", None)
         if opened is None:
@@ -488,11 +534,22 @@ class SmtpSender:
     def _pipelines(self, connection: smtplib.SMTP) -> bool:
         return self.pipelining and connection.has_extn("pipelining")
 
+    def _drop_if_unread(self) -> bool:
+        """Close the connection if an exchange on it was cut short (by an
+        exception or an interrupt between a write and its replies): a reply
+        still unread would be taken for the reply to the next command."""
+        if not getattr(self._local, "unread", False):
+            return False
+        self._drop(quit=False)
+        return True
+
     def _reset(self, connection: smtplib.SMTP) -> None:
         """End the open transaction. A connection that fails at it is closed,
         and the next send opens another."""
+        self._local.unread = True
         try:
             connection.rset()
+            self._local.unread = False
         except OSError:
             self._drop()
 
@@ -579,7 +636,10 @@ class SmtpSender:
     def _drop(self, quit: bool = True) -> None:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
-        self._local.in_flight = False
+        if getattr(self._local, "unread", False):
+            # QUIT's reply could not be told from the ones still owed.
+            self._local.unread = False
+            quit = False
         if getattr(self._local, "opened", None) is not None:
             # A transaction is open in DATA mode: QUIT would be content.
             self._local.opened = None

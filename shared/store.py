@@ -197,9 +197,15 @@ def end_journey(
         "UPDATE journeys SET status = %s, ended_at = %s WHERE id = %s",
         (status, now, journey_id),
     )
+    # The steps are locked in key order, the order in which the email tile
+    # locks the steps of the emails that one transaction records, so the two
+    # cannot deadlock.
     conn.execute(
         "UPDATE steps SET state = 'stopped', reason = %s, done_at = %s"
-        " WHERE journey_id = %s AND state = 'in_progress'",
+        " WHERE (journey_id, tile, contact) IN ("
+        "   SELECT journey_id, tile, contact FROM steps"
+        "   WHERE journey_id = %s AND state = 'in_progress'"
+        "   ORDER BY tile, contact FOR UPDATE)",
         (reason, now, journey_id),
     )
     stopped = conn.execute(

@@ -2,16 +2,17 @@
 
 A message's contacts are handled as a batch. One transaction reads their
 steps, sends, data and consent, and records every contact that gets no
-email. The emails are rendered, then go out one after the other. Before
-each email's content goes out, one statement takes a session advisory
-lock on (journey, contact) and commits a 'sending' record. The same
-statement records the reply to the email before, hands that contact on,
-and releases the lock of the contact recorded one statement earlier. A
-crash between the server's acceptance and the commit of its record leaves
-'sending' behind, and the next delivery marks it 'unconfirmed' instead of
-sending again. The lock keeps a duplicate message from taking a send in
-flight for a crashed one. The next tile's messages go out once for the
-whole batch.
+email. The emails are rendered, then go out in groups of one per SMTP
+connection of the thread. Before a group's contents go out, one
+transaction takes a session advisory lock on (journey, contact) and
+commits a 'sending' record for each. The same transaction records the
+replies to the group before, hands those contacts on, and releases the
+locks of the contacts recorded one transaction earlier. A crash between
+the server's acceptance and the commit of its record leaves 'sending'
+behind, and the next delivery marks it 'unconfirmed' instead of sending
+again. The lock keeps a duplicate message from taking a send in flight
+for a crashed one. The next tile's messages go out once for the whole
+batch.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 configure_broker()
 
 _LOCK_SPACE = 2**31
+_FLUSH_ATTEMPTS = 3
 
 
 class Result(StrEnum):
@@ -404,6 +406,11 @@ class SendRun:
     def send_all(self, ready: list[tuple[int, int, str | None, PreparedSend]]) -> None:
         """Send the rendered emails, one group of one per connection at a time."""
         lanes = len(self.senders)
+        if lanes > 1 and not self.senders[0].pipelines():
+            # Without pipelining each envelope costs round trips after its
+            # 'sending' record commits, so emails would wait marked while
+            # others go out: one connection keeps that to one email.
+            lanes = 1
         for start in range(0, len(ready), lanes):
             self._send_group(
                 ready[start : start + lanes], ready[start + lanes : start + 2 * lanes]
@@ -411,9 +418,25 @@ class SendRun:
 
     def flush(self) -> None:
         """Record the replies still waiting, if any: those of the last group,
-        or those whose statement failed."""
-        if self.pending:
-            self._commit([])
+        or those whose transaction failed. A deadlock is retried, because
+        these emails went out and their replies must not be lost."""
+        for attempt in range(1, _FLUSH_ATTEMPTS + 1):
+            if not self.pending:
+                return
+            try:
+                self._commit([])
+            except psycopg.errors.DeadlockDetected:
+                if attempt == _FLUSH_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "journey %s tile %s: deadlock while recording %d replies,"
+                    " attempt %d of %d",
+                    self.plan.name,
+                    self.tile,
+                    len(self.pending),
+                    attempt,
+                    _FLUSH_ATTEMPTS,
+                )
 
     def _send_group(
         self,
@@ -429,22 +452,16 @@ class SendRun:
         for lane, (_, _, _, prepared) in enumerate(group):
             self.senders[lane].open(prepared.sender_address, prepared.address)
         marks = self._commit(group)
-        marked = []
+        marked, unmarked = [], []
         for lane, (email, (held, written)) in enumerate(zip(group, marks, strict=True)):
             sender = self.senders[lane]
             if held and written:
                 after = following[lane][3] if lane < len(following) else None
                 marked.append((email, sender, after))
-                continue
-            # The group before may have opened this email's envelope.
-            sender.abandon()
-            result = Result.DEFERRED
-            if held:
-                result = _unmarked(
-                    self.conn, self.plan, self.tile, email[0], self.batch
-                )
-            self.batch.results[result] += 1
-        # Every content goes out before the first reply is awaited.
+            else:
+                unmarked.append((email, sender, held))
+        # Every content goes out before the first reply is awaited, and the
+        # replies are pending before anything else can fail.
         begun = [
             (email, sender, self._begin(sender, email, after))
             for email, sender, after in marked
@@ -457,6 +474,15 @@ class SendRun:
             observe_smtp(time.perf_counter() - started)
             self.pending.append(reply)
             self.batch.results[reply.result] += 1
+        for email, sender, held in unmarked:
+            # The group before may have opened this email's envelope.
+            sender.abandon()
+            result = Result.DEFERRED
+            if held:
+                result = _unmarked(
+                    self.conn, self.plan, self.tile, email[0], self.batch
+                )
+            self.batch.results[result] += 1
 
     def _begin(
         self,
@@ -609,16 +635,18 @@ class SendRun:
         }
 
 
-# One statement, so one round trip and one commit, per email. It is put
-# together from the parts below that this email needs. Without a reply only
-# the mark runs, and without a mark only the record. The hand-on, the exit
-# from the journey and the bounce run only when the reply calls for them.
-# Each part that a statement carries costs time whether it changes rows or
-# not, because it opens and locks its table and that table's indexes. The lock
-# released at the end belongs to the contact recorded by the statement
-# before, which has committed. left_journey reads finished so that the step
-# row is locked before the entry row, the order in which end_journey and
-# stop_contacts lock them, because the other order deadlocks with them.
+# One statement per email of a group's transaction, put together from the
+# parts below that the email needs. Without a reply only the mark runs, and
+# without a mark only the record. The hand-on, the exit from the journey and
+# the bounce run only when the reply calls for them. Each part that a
+# statement carries costs time whether it changes rows or not, because it
+# opens and locks its table and that table's indexes. The lock released at
+# the end belongs to a contact recorded by the transaction before, which has
+# committed. left_journey reads finished so that the step row is locked
+# before the entry row, the order in which end_journey and stop_contacts
+# lock them, because the other order deadlocks with them. The statements of
+# a transaction come in contact order, the order in which end_journey locks
+# steps.
 # finished does not check the step's state, so a step that the journey's end
 # stopped while the email was in flight still records that it was sent.
 _PARTS = {

@@ -97,7 +97,12 @@ def _insert_send(db, journey_id: int, contact: int, state: str) -> int:
 
 
 def _advisory_locks(db) -> int:
-    row = db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    """Count the advisory locks held in this test's database."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())"
+    )
     return row.fetchone()[0]
 
 
@@ -357,3 +362,109 @@ def test_every_statement_shape_plans(db):
             with db.transaction(force_rollback=True):
                 db.execute("EXPLAIN " + statement, params)
     assert len(shapes) > 20
+
+
+def test_group_replies_recorded_despite_deadlock(
+    db, database_url, sink_settings, tmp_path
+):
+    """Two accepted replies are recorded in one transaction while another
+    session locks the same two steps in the other order. PostgreSQL cancels
+    one side. If that is the recording, it is retried, so the replies of
+    emails that went out are never lost."""
+    journey_id, version, contacts = _live_journey(db, tmp_path, HTML)
+    first, second = contacts[0], contacts[1]
+    sends = {
+        contact: db.execute(
+            "INSERT INTO sends (journey_id, tile, contact, address, state, started_at)"
+            " VALUES (%s, 'send-hello', %s, %s, 'sending', now()) RETURNING id",
+            (journey_id, contact, f"{contact}@example.com"),
+        ).fetchone()[0]
+        for contact in (first, second)
+    }
+    errors: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            with get_pool().connection() as conn:
+                plan = load_plan(conn, journey_id, version)
+                run = SendRun(conn, plan, "send-hello", False, Batch())
+                run.pending = [
+                    Reply(contact, sends[contact], "accepted", 250, "OK", Result.SENT)
+                    for contact in (first, second)
+                ]
+                run.flush()
+        except BaseException as error:  # reported by the assert below
+            errors.append(error)
+
+    with psycopg.connect(database_url) as other:
+        other.execute(
+            "UPDATE steps SET reason = 'locked' WHERE journey_id = %s"
+            " AND tile = 'send-hello' AND contact = %s",
+            (journey_id, second),
+        )
+        recorder = threading.Thread(target=record)
+        recorder.start()
+        time.sleep(0.5)  # the recorder now holds the first step, waits for the second
+        try:
+            other.execute(
+                "UPDATE steps SET reason = 'locked' WHERE journey_id = %s"
+                " AND tile = 'send-hello' AND contact = %s",
+                (journey_id, first),
+            )
+            other.commit()
+        except psycopg.errors.DeadlockDetected:
+            other.rollback()
+    recorder.join(30)
+
+    assert not recorder.is_alive()
+    assert errors == []
+    states = db.execute("SELECT state FROM sends ORDER BY contact").fetchall()
+    assert states == [("accepted",), ("accepted",)]
+    assert _advisory_locks(db) == 0
+
+
+def test_failure_after_group_commit_keeps_sent_replies(
+    db, sink_settings, tmp_path, monkeypatch
+):
+    """Carla has Anna's address, and recording why she gets no email fails.
+    By then the other emails of her group went out and their replies are
+    pending, so they are recorded, and the retry sends the rest once."""
+    monkeypatch.setenv("JOURNEYS_SMTP_CONNECTIONS_PER_THREAD", "4")
+    get_settings.cache_clear()
+    journey_id, version, contacts = _live_journey(
+        db, tmp_path, HTML, {"Carla": "anna@example.com"}
+    )
+    message = ContactMessage(
+        journey_id=journey_id, version=version, tile="send-hello", contacts=contacts
+    )
+    unmarked = email_tile._unmarked
+
+    def cancelled(*args: object, **kwargs: object) -> None:
+        raise psycopg.errors.QueryCanceled(
+            "canceling statement due to statement timeout"
+        )
+
+    monkeypatch.setattr(email_tile, "_unmarked", cancelled)
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        run_email(message)
+    first_attempt = sorted(recipients(sink_settings))
+    recorded = db.execute(
+        "SELECT address, state FROM sends ORDER BY contact"
+    ).fetchall()
+    monkeypatch.setattr(email_tile, "_unmarked", unmarked)
+    retry = run_email(message)
+
+    assert first_attempt == ["anna@example.com", "bob@example.com", "dora@example.com"]
+    assert recorded == [
+        ("anna@example.com", "accepted"),
+        ("bob@example.com", "accepted"),
+        ("dora@example.com", "accepted"),
+    ]
+    assert +retry == {Result.SKIPPED: 3, Result.BLOCKED: 1, Result.SENT: 1}
+    assert sorted(recipients(sink_settings)) == [
+        "anna@example.com",
+        "bob@example.com",
+        "dora@example.com",
+        "emil@example.com",
+    ]
+    assert _advisory_locks(db) == 0

@@ -4,8 +4,10 @@ the next email after every rejection."""
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -512,3 +514,55 @@ def test_open_then_send_delivers_once(sink: SmtpSink) -> None:
         sender.close()
     assert code == 250
     assert _subjects(sink) == ["for anna"]
+
+
+def test_closed_connection_before_content_defers() -> None:
+    """The server answered the envelope sent ahead and then closed the
+    connection. The content never went out, so the send is a temporary
+    failure to retry, not an unknown outcome."""
+    server = ScriptedServer({}, close_after="DATA")
+    sender = _sender(server.port)
+    try:
+        sender.open(SENDER, "anna@example.com")
+        time.sleep(0.2)  # the 'sending' record commits meanwhile
+        with pytest.raises(SmtpTemporaryError, match="closed before the content"):
+            sender.send(SENDER, "anna@example.com", DATA)
+    finally:
+        sender.close()
+        server.close()
+    assert "first line" not in server.received
+
+
+class Interrupt(BaseException):
+    """Stands for Dramatiq's time limit, raised in a thread at any point."""
+
+
+def test_interrupted_exchange_never_misdelivers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interrupt between open()'s write and its replies leaves replies
+    unread, with the server waiting for content. The connection is closed
+    before its next use, so Bob's content cannot become the body of the
+    message that the server was waiting for."""
+    sink = SmtpSink(pipelining=True).start()
+    sender = _sender(sink.port)
+    read_reply = smtplib.SMTP.getreply
+    interrupt = [True]
+
+    def getreply(connection: smtplib.SMTP) -> tuple[int, bytes]:
+        if interrupt and interrupt.pop():
+            raise Interrupt()
+        return read_reply(connection)
+
+    try:
+        sender.send(SENDER, "anna@example.com", _message("anna"))
+        monkeypatch.setattr(smtplib.SMTP, "getreply", getreply)
+        with pytest.raises(Interrupt):
+            sender.open(SENDER, "xavier@example.com")
+        sender.abandon()
+        code, _ = sender.send(SENDER, "bob@example.com", _message("bob"))
+    finally:
+        sender.close()
+        sink.stop()
+    assert code == 250
+    assert _subjects(sink) == ["for anna", "for bob"]
