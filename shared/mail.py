@@ -330,7 +330,7 @@ class SmtpSender:
             return Sending(reply=self._send_singly(connection, sender, recipient, data))
         if opened is not None and _has_input(connection):
             # The envelope was answered a while ago, and the server has since
-            # closed the connection or said more. The content has not gone
+            # closed the connection or sent more. The content has not gone
             # out, so the send can be retried.
             self._drop(quit=False)
             raise SmtpTemporaryError(
@@ -637,7 +637,7 @@ class SmtpSender:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
         if getattr(self._local, "unread", False):
-            # QUIT's reply could not be told from the ones still owed.
+            # QUIT's reply could not be distinguished from the ones still owed.
             self._local.unread = False
             quit = False
         if getattr(self._local, "opened", None) is not None:

@@ -351,7 +351,7 @@ class SendRun:
     read. So each group costs one database round trip and one commit. With
     pipelining, the MAIL, RCPT and DATA of the email that a connection sends
     next follow each content in the same write, so each email also costs one
-    SMTP round trip; its content waits until its 'sending' record has
+    SMTP round trip. Its content still waits until its 'sending' record has
     committed. An email that is not marked after all (its lock is held
     elsewhere, or its address is taken) leaves its envelope open, and the
     sender abandons it. A crash between an acceptance and its record leaves
