@@ -96,6 +96,27 @@ def _insert_send(db, journey_id: int, contact: int, state: str) -> int:
     return row[0]
 
 
+def _record_in_thread(
+    journey_id: int, version: int, replies: list[Reply], errors: list[BaseException]
+) -> threading.Thread:
+    """Start a thread that records these replies as a send run's flush()
+    does, adding any exception it raises to `errors`."""
+
+    def record() -> None:
+        try:
+            with get_pool().connection() as conn:
+                plan = load_plan(conn, journey_id, version)
+                run = SendRun(conn, plan, "send-hello", False, Batch())
+                run.pending = list(replies)
+                run.flush()
+        except BaseException as error:  # reported by the caller's assert
+            errors.append(error)
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    return recorder
+
+
 def _advisory_locks(db) -> int:
     """Count the advisory locks held in this test's database."""
     row = db.execute(
@@ -237,18 +258,7 @@ def test_reply_record_waits_for_journey_end_without_deadlock(
     send_id = _insert_send(db, journey_id, contact, "sending")
 
     errors: list[BaseException] = []
-
-    def record() -> None:
-        try:
-            with get_pool().connection() as conn:
-                plan = load_plan(conn, journey_id, version)
-                run = SendRun(conn, plan, "send-hello", False, Batch())
-                run.pending = [
-                    Reply(contact, send_id, "accepted", 250, "OK", Result.SENT)
-                ]
-                run.flush()
-        except BaseException as error:  # reported by the assert below
-            errors.append(error)
+    replies = [Reply(contact, send_id, "accepted", 250, "OK", Result.SENT)]
 
     with psycopg.connect(database_url) as ending:
         ending.execute(
@@ -256,8 +266,7 @@ def test_reply_record_waits_for_journey_end_without_deadlock(
             " WHERE journey_id = %s AND tile = 'send-hello' AND contact = %s",
             (journey_id, contact),
         )
-        recorder = threading.Thread(target=record)
-        recorder.start()
+        recorder = _record_in_thread(journey_id, version, replies, errors)
         time.sleep(1)  # the recorder now waits for the step row
         ending.execute(
             "UPDATE entries SET state = 'stopped', reason = 'journey_ended'"
@@ -382,19 +391,10 @@ def test_group_replies_recorded_despite_deadlock(
         for contact in (first, second)
     }
     errors: list[BaseException] = []
-
-    def record() -> None:
-        try:
-            with get_pool().connection() as conn:
-                plan = load_plan(conn, journey_id, version)
-                run = SendRun(conn, plan, "send-hello", False, Batch())
-                run.pending = [
-                    Reply(contact, sends[contact], "accepted", 250, "OK", Result.SENT)
-                    for contact in (first, second)
-                ]
-                run.flush()
-        except BaseException as error:  # reported by the assert below
-            errors.append(error)
+    replies = [
+        Reply(contact, sends[contact], "accepted", 250, "OK", Result.SENT)
+        for contact in (first, second)
+    ]
 
     with psycopg.connect(database_url) as other:
         other.execute(
@@ -402,9 +402,8 @@ def test_group_replies_recorded_despite_deadlock(
             " AND tile = 'send-hello' AND contact = %s",
             (journey_id, second),
         )
-        recorder = threading.Thread(target=record)
-        recorder.start()
-        time.sleep(0.5)  # the recorder now holds the first step, waits for the second
+        recorder = _record_in_thread(journey_id, version, replies, errors)
+        time.sleep(0.5)  # the recorder has locked the first step, waits for the second
         try:
             other.execute(
                 "UPDATE steps SET reason = 'locked' WHERE journey_id = %s"
