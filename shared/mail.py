@@ -329,7 +329,7 @@ class SmtpSender:
         if not self._pipelines(connection):
             return Sending(reply=self._send_singly(connection, sender, recipient, data))
         if opened is not None and _has_input(connection):
-            # The envelope was answered a while ago, and the server has since
+            # The server replied to the envelope a while ago, and has since
             # closed the connection or sent more. The content has not gone
             # out, so the send can be retried.
             self._drop(quit=False)
@@ -376,13 +376,13 @@ class SmtpSender:
             return
         if not self._pipelines(connection):
             return
-        self._local.unread = True
         try:
-            connection.send(_commands(sender, recipient))
-        except OSError:
-            self._drop()
+            replies = self._open_envelope(connection, sender, recipient)
+        except (SmtpRejected, SmtpTemporaryError):
+            # The connection is closed; begin() opens another and meets the
+            # same reply.
             return
-        self._read_opened(connection, (sender, recipient))
+        self._local.opened = ((sender, recipient), replies)
 
     def finish(self, sending: Sending) -> tuple[int, str]:
         """Return the server's reply to the content that begin() sent, or
