@@ -452,14 +452,18 @@ class SendRun:
         for lane, (_, _, _, prepared) in enumerate(group):
             self.senders[lane].open(prepared.sender_address, prepared.address)
         marks = self._commit(group)
+
         marked, unmarked = [], []
-        for lane, (email, (held, written)) in enumerate(zip(group, marks, strict=True)):
+        for lane, (email, (locked, written)) in enumerate(
+            zip(group, marks, strict=True)
+        ):
             sender = self.senders[lane]
-            if held and written:
+            if locked and written:
                 after = following[lane][3] if lane < len(following) else None
                 marked.append((email, sender, after))
             else:
-                unmarked.append((email, sender, held))
+                unmarked.append((email, sender, locked))
+
         # Every content goes out before the first reply is awaited, and the
         # replies are pending before anything else can fail.
         begun = [
@@ -474,11 +478,12 @@ class SendRun:
             observe_smtp(time.perf_counter() - started)
             self.pending.append(reply)
             self.batch.results[reply.result] += 1
-        for email, sender, held in unmarked:
+
+        for email, sender, locked in unmarked:
             # The group before may have opened this email's envelope.
             sender.abandon()
             result = Result.DEFERRED
-            if held:
+            if locked:
                 result = _unmarked(
                     self.conn, self.plan, self.tile, email[0], self.batch
                 )
@@ -646,9 +651,9 @@ class SendRun:
 # before the entry row, the order in which end_journey and stop_contacts
 # lock them, because the other order deadlocks with them. The statements of
 # a transaction come in contact order, the order in which end_journey locks
-# steps.
-# finished does not check the step's state, so a step that the journey's end
-# stopped while the email was in flight still records that it was sent.
+# steps. finished does not check the step's state, so a step that the
+# journey's end stopped while the email was in flight still records that it
+# was sent.
 _PARTS = {
     "recorded": """
     UPDATE sends SET state = %(r_state)s::text, smtp_code = %(r_code)s::integer,
