@@ -8,7 +8,7 @@ import smtplib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -351,29 +351,43 @@ def _subjects(sink: SmtpSink) -> list[str]:
     return [str(message["Subject"]) for message in sink.handler.parsed()]
 
 
-def test_next_envelope_goes_with_the_content() -> None:
-    """With the next email named, its MAIL, RCPT and DATA follow this
-    email's content, and its own send then writes only its content."""
+def _lines_around_send(
+    prepare: Callable[[SmtpSender], object], recipient: str
+) -> tuple[int, list[str], list[str]]:
+    """Run `prepare` on a sender to a scripted server, then send one email
+    to `recipient`. Return the send's code, and the lines the server had
+    received before the send and those it received from it on."""
     server = ScriptedServer({})
     sender = _sender(server.port)
     try:
-        sender.send(SENDER, "anna@example.com", DATA, (SENDER, "bob@example.com"))
-        after_first = list(server.received)
-        code, _ = sender.send(SENDER, "bob@example.com", DATA)
+        prepare(sender)
+        before = list(server.received)
+        code, _ = sender.send(SENDER, recipient, DATA)
     finally:
         sender.close()
         server.close()
+    return code, before, server.received[len(before) :]
+
+
+def test_next_envelope_goes_with_the_content() -> None:
+    """With the next email named, its MAIL, RCPT and DATA follow this
+    email's content, and its own send then writes only its content."""
+    code, before, after = _lines_around_send(
+        lambda sender: sender.send(
+            SENDER, "anna@example.com", DATA, (SENDER, "bob@example.com")
+        ),
+        "bob@example.com",
+    )
     assert code == 250
-    assert after_first[-4:] == [
+    assert before[-4:] == [
         ".",
         f"MAIL FROM:<{SENDER}>",
         "RCPT TO:<bob@example.com>",
         "DATA",
     ]
-    second = server.received[len(after_first) :]
-    assert second[:3] == ["Subject: hello", "", "first line"]
-    assert second[-2:] == [".", "quit"]
-    assert not any(line.startswith("MAIL") for line in second)
+    assert after[:3] == ["Subject: hello", "", "first line"]
+    assert after[-2:] == [".", "quit"]
+    assert not any(line.startswith("MAIL") for line in after)
 
 
 def test_abandoned_envelope_delivers_nothing(sink: SmtpSink) -> None:
@@ -484,24 +498,16 @@ def test_unread_reply_never_answers_the_next_message(sink: SmtpSink) -> None:
 def test_opened_envelope_leaves_only_the_content_to_send() -> None:
     """open() sends MAIL, RCPT and DATA ahead, so that the send writes the
     content alone, with no round trip between the record and the content."""
-    server = ScriptedServer({})
-    sender = _sender(server.port)
-    try:
-        sender.open(SENDER, "anna@example.com")
-        before_send = list(server.received)
-        code, _ = sender.send(SENDER, "anna@example.com", DATA)
-    finally:
-        sender.close()
-        server.close()
+    code, before, after = _lines_around_send(
+        lambda sender: sender.open(SENDER, "anna@example.com"), "anna@example.com"
+    )
     assert code == 250
-    assert before_send[-3:] == [
+    assert before[-3:] == [
         f"MAIL FROM:<{SENDER}>",
         "RCPT TO:<anna@example.com>",
         "DATA",
     ]
-    assert not any(
-        line.startswith("MAIL") for line in server.received[len(before_send) :]
-    )
+    assert not any(line.startswith("MAIL") for line in after)
 
 
 def test_open_then_send_delivers_once(sink: SmtpSink) -> None:
@@ -517,7 +523,7 @@ def test_open_then_send_delivers_once(sink: SmtpSink) -> None:
 
 
 def test_closed_connection_before_content_defers() -> None:
-    """The server answered the envelope sent ahead and then closed the
+    """The server replied to the envelope sent ahead and then closed the
     connection. The content never went out, so the send is a temporary
     failure to retry, not an unknown outcome."""
     server = ScriptedServer({}, close_after="DATA")
