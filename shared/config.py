@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import SettingsError
 
 
 class SmtpTarget(BaseModel):
@@ -125,4 +127,17 @@ def parse_smtp_url(url: str) -> SmtpTarget:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """Return the settings, read once. Raises SettingsError naming each
+    invalid variable, its value and what it must be."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            name = "JOURNEYS_" + "_".join(map(str, item["loc"])).upper()
+            problems.append(f"{name}={item.get('input')!r}: {item['msg']}")
+        raise SettingsError(
+            "invalid settings: "
+            + "; ".join(problems)
+            + ". Fix the environment variable or .env and start again."
+        ) from None

@@ -19,6 +19,10 @@ class CheckFailed(JourneyError):
         super().__init__(f"{len(problems)} problem(s) found")
 
 
+class SettingsError(JourneyError):
+    """Raised when an environment variable has an invalid value for a setting."""
+
+
 class ContactImportError(JourneyError):
     """Raised when a contacts file cannot be imported at all."""
 

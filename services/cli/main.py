@@ -21,7 +21,7 @@ from services.cli.output import print_outcome, print_status, status_payload
 from shared import clock
 from shared.config import get_settings
 from shared.db import migrate as apply_migrations
-from shared.errors import JourneyError
+from shared.errors import JourneyError, SettingsError
 
 app = typer.Typer(
     help="Define, check, put live and watch customer journeys.",
@@ -29,6 +29,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 contacts_app = typer.Typer(help="Manage contacts.", no_args_is_help=True)
+
+
+@app.callback()
+def _settings_or_exit() -> None:
+    """Read the settings before any command, so that an invalid variable
+    ends the command with its name instead of a traceback later on."""
+    try:
+        get_settings()
+    except SettingsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from error
+
+
 app.add_typer(contacts_app, name="contacts")
 # Tables stay readable when the output goes to a file or a pipe, where Rich
 # would otherwise assume 80 columns.
